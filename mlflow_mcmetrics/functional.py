@@ -1,0 +1,367 @@
+"""Pure NumPy math: classification state -> scores, curves and averages.
+
+Nothing here imports Keras or MLflow. The Keras metric (:mod:`mlflow_mcmetrics.metrics`)
+accumulates the same state on the device; these functions turn it into numbers, with
+scikit-learn's definitions and parameter names (``labels``, ``average``, ``zero_division``).
+
+The state of one split is a :class:`ClassificationState`:
+
+* ``confusion_matrix``: ``(C, C)`` counts, rows = true class, columns = predicted class, or
+  ``(C, 2, 2)`` for multilabel in :func:`sklearn.metrics.multilabel_confusion_matrix` layout
+  (``[[tn, fp], [fn, tp]]`` per label).
+* ``score_histogram``: ``(2, C, T)`` or ``None``; ``[1, c, b]`` counts the samples that are
+  positive for class ``c`` with score in bin ``b``, ``[0, c, b]`` the negatives. Bin ``b`` holds
+  scores in ``[b / T, (b + 1) / T)`` (see :func:`score_bins`); the last bin also holds 1.0.
+
+The functions are split like torchmetrics' functional API: *update* (arrays -> state,
+:func:`update_state`), *compute* (state -> numbers, everything else).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+from scipy.special import digamma
+
+__all__ = [
+    "ClassificationState",
+    "TASKS",
+    "average_precision",
+    "check_zero_division",
+    "classification_scores",
+    "merge_states",
+    "precision_recall_curve",
+    "precision_recall_fscore_support",
+    "score_bins",
+    "stat_scores",
+    "update_state",
+]
+
+Task = Literal["multiclass", "binary", "multilabel"]
+Average = Literal["micro", "macro", "weighted"] | None
+TASKS: tuple[str, ...] = ("multiclass", "binary", "multilabel")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationState:
+    """Accumulated statistics of one split (see the module docstring for the layout)."""
+
+    confusion_matrix: np.ndarray
+    score_histogram: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.confusion_matrix.shape[0])
+
+    @property
+    def is_multilabel(self) -> bool:
+        return self.confusion_matrix.ndim == 3
+
+
+def check_zero_division(zero_division: float) -> float:
+    """``zero_division`` as a float, or a ValueError naming the accepted values."""
+    is_number = isinstance(zero_division, (int, float)) and not isinstance(zero_division, bool)
+    if not (is_number and (zero_division in (0.0, 1.0) or np.isnan(zero_division))):
+        raise ValueError(
+            f"zero_division must be 0.0, 1.0 or numpy.nan, got {zero_division!r} "
+            "(scikit-learn's 'warn' is not supported: pick the value to report)."
+        )
+    return float(zero_division)
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray, zero_division: float) -> np.ndarray:
+    """``numerator / denominator`` with ``zero_division`` where the denominator is 0."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    undefined = denominator == 0
+    result = numerator / np.where(undefined, 1.0, denominator)
+    return np.where(undefined, zero_division, result)
+
+
+def _resolve_labels(num_classes: int, labels) -> np.ndarray:
+    if labels is None:
+        return np.arange(num_classes)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must be class indices in [0, {num_classes}), got {labels}.")
+    return labels
+
+
+def score_bins(scores: np.ndarray, num_bins: int) -> np.ndarray:
+    """Histogram bin of each score in ``[0, 1]``: ``floor(score * num_bins)``, 1.0 in the last.
+
+    Bin ``b`` therefore corresponds to the decision rule ``score >= b / num_bins``, which is
+    what makes a cumulative sum over bins a precision-recall curve. Computed in float32, as
+    the Keras metric does on the device, so both put a score in the same bin.
+    """
+    bins = np.floor(np.asarray(scores, dtype=np.float32) * np.float32(num_bins)).astype(np.int64)
+    return np.clip(bins, 0, num_bins - 1)
+
+
+def update_state(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    task: Task = "multiclass",
+    threshold: float = 0.5,
+    ignore_class: int | None = None,
+    num_bins: int = 0,
+    sample_weight: np.ndarray | None = None,
+) -> ClassificationState:
+    """State of one batch of predictions, from NumPy arrays (probabilities, not logits).
+
+    Args:
+        y_true: class indices ``(N,)`` for ``multiclass``/``binary``; 0/1 ``(N, C)`` for
+            ``multilabel``.
+        y_score: probabilities ``(N, C)``; ``(N,)`` or ``(N, 1)`` for ``binary`` (the
+            probability of class 1).
+        task: ``"multiclass"`` (argmax), ``"binary"`` or ``"multilabel"`` (``> threshold``).
+        threshold: decision threshold for ``binary`` and ``multilabel``.
+        ignore_class: samples whose true class is this index are left out.
+        num_bins: score-histogram bins for PR curves; 0 for none.
+        sample_weight: ``(N,)`` weights.
+
+    Returns:
+        The :class:`ClassificationState`; add states of several batches with
+        :func:`merge_states`.
+    """
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}.")
+    y_true = np.asarray(y_true)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    if task == "binary":
+        positive = y_score.reshape(-1)
+        y_score = np.stack([1.0 - positive, positive], axis=1)
+        y_pred = (positive > threshold).astype(np.int64)
+    elif task == "multiclass":
+        y_pred = np.argmax(y_score, axis=1)
+    else:
+        y_pred = (y_score > threshold).astype(np.int64)
+    num_samples, num_classes = y_score.shape
+    weights = (
+        np.ones(num_samples) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    )
+
+    if task == "multilabel":
+        y_true = y_true.astype(np.int64).reshape(num_samples, num_classes)
+        cells = np.arange(num_classes) * 4 + y_true * 2 + y_pred
+        confusion = np.bincount(
+            cells.reshape(-1),
+            weights=np.repeat(weights, num_classes),
+            minlength=4 * num_classes,
+        ).reshape(num_classes, 2, 2)
+        positive = y_true.astype(bool)
+    else:
+        y_true = y_true.astype(np.int64).reshape(-1)
+        if ignore_class is not None:
+            keep = y_true != ignore_class
+            y_true, y_pred, y_score, weights = y_true[keep], y_pred[keep], y_score[keep], weights[keep]
+        if y_true.size and (y_true.min() < 0 or y_true.max() >= num_classes):
+            raise ValueError(f"Labels must be in [0, {num_classes}); got {np.unique(y_true)}.")
+        confusion = np.bincount(
+            y_true * num_classes + y_pred, weights=weights, minlength=num_classes**2
+        ).reshape(num_classes, num_classes)
+        positive = y_true[:, None] == np.arange(num_classes)[None, :]
+
+    histogram = None
+    if num_bins:
+        cells = (
+            positive.astype(np.int64) * num_classes * num_bins
+            + np.arange(num_classes)[None, :] * num_bins
+            + score_bins(y_score, num_bins)
+        )
+        histogram = np.bincount(
+            cells.reshape(-1),
+            weights=np.repeat(weights, num_classes),
+            minlength=2 * num_classes * num_bins,
+        ).reshape(2, num_classes, num_bins)
+    return ClassificationState(confusion, histogram)
+
+
+def merge_states(*states: ClassificationState) -> ClassificationState:
+    """Sum the states of several batches (or replicas) into one."""
+    histograms = [s.score_histogram for s in states]
+    return ClassificationState(
+        confusion_matrix=sum(s.confusion_matrix for s in states),
+        score_histogram=None if any(h is None for h in histograms) else sum(histograms),
+    )
+
+
+def stat_scores(confusion_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class true positives, predicted positives and actual positives (support).
+
+    Accepts a multiclass ``(C, C)`` or a multilabel ``(C, 2, 2)`` confusion matrix.
+    """
+    confusion_matrix = np.asarray(confusion_matrix, dtype=np.float64)
+    if confusion_matrix.ndim == 3:
+        true_positives = confusion_matrix[:, 1, 1]
+        predicted = true_positives + confusion_matrix[:, 0, 1]
+        support = true_positives + confusion_matrix[:, 1, 0]
+    else:
+        true_positives = np.diagonal(confusion_matrix)
+        predicted = confusion_matrix.sum(axis=0)
+        support = confusion_matrix.sum(axis=1)
+    return true_positives, predicted, support
+
+
+def _nanaverage(values: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Average ignoring NaNs; all-zero weights fall back to the plain mean (as scikit-learn)."""
+    keep = ~np.isnan(values)
+    if not keep.any():
+        return float("nan")
+    values = values[keep]
+    if weights is not None and weights[keep].sum() > 0:
+        return float(np.average(values, weights=weights[keep]))
+    return float(values.mean())
+
+
+def precision_recall_fscore_support(
+    confusion_matrix: np.ndarray,
+    *,
+    labels=None,
+    average: Average = None,
+    zero_division: float = 0.0,
+):
+    """scikit-learn's ``precision_recall_fscore_support`` (beta = 1), from a confusion matrix.
+
+    Args:
+        confusion_matrix: ``(C, C)`` or multilabel ``(C, 2, 2)``.
+        labels: class indices to score and average over (default: all), e.g. every class but
+            a padding class.
+        average: ``None`` for per-class arrays, or ``"micro"``, ``"macro"``, ``"weighted"``.
+        zero_division: value for an undefined ratio (0.0, 1.0 or NaN; NaN is left out of
+            averages, as in scikit-learn).
+
+    Returns:
+        ``(precision, recall, f1, support)``: arrays over ``labels`` for ``average=None``,
+        otherwise floats and ``support=None``.
+    """
+    zero_division = check_zero_division(zero_division)
+    if average not in (None, "micro", "macro", "weighted"):
+        raise ValueError(f"average must be None, 'micro', 'macro' or 'weighted', got {average!r}.")
+    true_positives, predicted, support = stat_scores(confusion_matrix)
+    labels = _resolve_labels(len(support), labels)
+    true_positives, predicted, support = true_positives[labels], predicted[labels], support[labels]
+    if average == "micro":
+        true_positives, predicted, support = (
+            true_positives.sum(keepdims=True),
+            predicted.sum(keepdims=True),
+            support.sum(keepdims=True),
+        )
+    precision = _divide(true_positives, predicted, zero_division)
+    recall = _divide(true_positives, support, zero_division)
+    f1 = _divide(2 * true_positives, support + predicted, zero_division)
+    if average is None:
+        return precision, recall, f1, support
+    weights = support if average == "weighted" else None
+    return _nanaverage(precision, weights), _nanaverage(recall, weights), _nanaverage(f1, weights), None
+
+
+def precision_recall_curve(score_histogram: np.ndarray):
+    """Per-class binned precision-recall curves.
+
+    Args:
+        score_histogram: ``(2, C, T)`` negative/positive score counts.
+
+    Returns:
+        ``(precision, recall, thresholds)``: ``precision`` and ``recall`` are ``(C, T + 1)``
+        for the decision rules ``score >= thresholds[b]``, ``thresholds = b / T`` for
+        ``b = 0..T-1``, followed by the end point (nothing predicted: precision 1, recall 0)
+        as in scikit-learn. Recall is 0 for a class without positives.
+    """
+    negatives, positives = np.asarray(score_histogram, dtype=np.float64)
+    num_bins = positives.shape[1]
+    # Predicted positive at bin b = every sample in bins >= b: reversed cumulative sums.
+    true_positives = np.cumsum(positives[:, ::-1], axis=1)[:, ::-1]
+    false_positives = np.cumsum(negatives[:, ::-1], axis=1)[:, ::-1]
+    precision = _divide(true_positives, true_positives + false_positives, 1.0)
+    recall = _divide(true_positives, true_positives[:, :1], 0.0)
+    end = np.ones((positives.shape[0], 1))
+    return (
+        np.concatenate([precision, end], axis=1),
+        np.concatenate([recall, 0 * end], axis=1),
+        np.arange(num_bins) / num_bins,
+    )
+
+
+def _sum_of_precisions(true_before, false_before, positives, negatives_first):
+    """``sum_{j=1..p} (a + j) / (a + j + b)``: the precisions at ``p`` positives ranked in a row.
+
+    ``a``/``b`` are the true/false positives ranked before them. It equals
+    ``p - b * (digamma(a + b + p + 1) - digamma(a + b + 1))``, which keeps the bound O(C * T)
+    instead of O(N).
+    """
+    false_total = false_before + negatives_first
+    start = true_before + false_total + 1.0
+    harmonic = digamma(start + positives) - digamma(start)
+    return positives - false_total * harmonic
+
+
+def average_precision(score_histogram: np.ndarray):
+    """Per-class average precision from binned scores, with its tie interval.
+
+    The binned value is scikit-learn's ``average_precision_score`` (the step-wise sum
+    ``sum_n (R_n - R_{n-1}) P_n``) with every bin treated as one tied score. The samples
+    inside a bin could have been ranked in any order; ranking each bin's positives first
+    gives the highest AP, negatives first the lowest. Any exact AP of scores that fall into
+    these bins (scikit-learn's on the raw scores included) lies in ``[lower, upper]``;
+    the bounds assume unit sample weights.
+
+    Returns:
+        ``(ap, lower, upper)``, each ``(C,)``. A class without positives has AP 0, as in
+        scikit-learn.
+    """
+    negatives, positives = np.asarray(score_histogram, dtype=np.float64)
+    # Walk from the highest bin down; "before" = counts in strictly higher bins.
+    positives, negatives = positives[:, ::-1], negatives[:, ::-1]
+    true_positives = np.cumsum(positives, axis=1)
+    false_positives = np.cumsum(negatives, axis=1)
+    true_before = true_positives - positives
+    false_before = false_positives - negatives
+    total = true_positives[:, -1]
+    precision = _divide(true_positives, true_positives + false_positives, 1.0)
+    ap = _divide((positives * precision).sum(axis=1), total, 0.0)
+    upper = _sum_of_precisions(true_before, false_before, positives, 0.0).sum(axis=1)
+    lower = _sum_of_precisions(true_before, false_before, positives, negatives).sum(axis=1)
+    return ap, _divide(lower, total, 0.0), _divide(upper, total, 0.0)
+
+
+def classification_scores(
+    state: ClassificationState,
+    *,
+    labels=None,
+    zero_division: float = 0.0,
+) -> dict[str, float | np.ndarray]:
+    """Every score the product logs, for one split.
+
+    Returns a dict with per-class arrays over ``labels`` (``precision``, ``recall``, ``f1``,
+    ``support`` and, when the state has a histogram, ``ap``, ``ap_lower``, ``ap_upper``) and
+    floats ``f1_macro``, ``f1_micro``, ``f1_weighted``, ``precision_macro``, ``recall_macro``
+    and ``map`` (mean AP over ``labels``).
+    """
+    labels = _resolve_labels(state.num_classes, labels)
+
+    def averaged(average):
+        return precision_recall_fscore_support(
+            state.confusion_matrix, labels=labels, average=average, zero_division=zero_division
+        )
+
+    precision, recall, f1, support = averaged(None)
+    precision_macro, recall_macro, f1_macro, _ = averaged("macro")
+    scores: dict[str, float | np.ndarray] = {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "support": support,
+        "f1_macro": f1_macro,
+        "f1_micro": averaged("micro")[2],
+        "f1_weighted": averaged("weighted")[2],
+        "precision_macro": precision_macro,
+        "recall_macro": recall_macro,
+    }
+    if state.score_histogram is not None:
+        ap, lower, upper = (values[labels] for values in average_precision(state.score_histogram))
+        scores.update(ap=ap, ap_lower=lower, ap_upper=upper, map=float(ap.mean()) if ap.size else 0.0)
+    return scores

@@ -1,0 +1,186 @@
+"""ClassificationMetrics (the Keras metric) on arrays: its state equals the NumPy reference
+and scikit-learn, for every supported layout, eagerly and under XLA."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn import metrics as skm
+
+from mlflow_mcmetrics import ClassificationMetrics
+from mlflow_mcmetrics import functional as F
+
+RNG = np.random.default_rng(7)
+N, C, BINS = 257, 5, 64
+
+
+def softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def sigmoid(logits):
+    return 1 / (1 + np.exp(-logits))
+
+
+def run_metric(metric, batches):
+    for batch in batches:
+        metric.update_state(*batch)
+    state, rejected = metric.state()
+    return state, rejected
+
+
+def assert_states_equal(ours, reference):
+    np.testing.assert_array_equal(ours.confusion_matrix, reference.confusion_matrix)
+    if reference.score_histogram is not None:
+        np.testing.assert_array_equal(ours.score_histogram, reference.score_histogram)
+
+
+LOGITS = RNG.normal(size=(N, C)).astype("float32") * 2
+PROBS = softmax(LOGITS.astype("float64")).astype("float32")
+LABELS = RNG.integers(0, C, N)
+
+
+@pytest.mark.parametrize(
+    "y_true, y_pred, from_logits",
+    [
+        (LABELS, PROBS, False),
+        (LABELS[:, None], PROBS, False),
+        (np.eye(C)[LABELS], PROBS, False),
+        (LABELS, LOGITS, True),
+    ],
+    ids=["sparse", "sparse-column", "one-hot", "logits"],
+)
+def test_multiclass_state_equals_reference(y_true, y_pred, from_logits):
+    metric = ClassificationMetrics(C, from_logits=from_logits, pr_thresholds=BINS)
+    halves = [(y_true[:100], y_pred[:100]), (y_true[100:], y_pred[100:])]
+    state, rejected = run_metric(metric, halves)
+    probabilities = ops_softmax(y_pred) if from_logits else y_pred
+    reference = F.update_state(LABELS, probabilities, num_bins=BINS)
+    np.testing.assert_array_equal(state.confusion_matrix, reference.confusion_matrix)
+    np.testing.assert_array_equal(
+        state.confusion_matrix, skm.confusion_matrix(LABELS, y_pred.argmax(1), labels=range(C))
+    )
+    if not from_logits:  # softmax on the device may differ from NumPy's in the last bit
+        np.testing.assert_array_equal(state.score_histogram, reference.score_histogram)
+    assert state.score_histogram.sum() == N * C
+    assert list(rejected) == [0, 0]
+    assert float(metric.result()) == pytest.approx(
+        skm.f1_score(LABELS, y_pred.argmax(1), average="macro"), abs=1e-6
+    )
+
+
+def ops_softmax(logits):
+    return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_binary_single_sigmoid_unit_reports_both_classes(from_logits):
+    logits = RNG.normal(size=(N, 1)).astype("float32")
+    y_true = (RNG.random(N) < 0.3).astype("float32")[:, None]
+    y_pred = logits if from_logits else sigmoid(logits).astype("float32")
+    metric = ClassificationMetrics(2, task="binary", from_logits=from_logits, threshold=0.4, pr_thresholds=BINS)
+    state, _ = run_metric(metric, [(y_true, y_pred)])
+    probability = sigmoid(logits[:, 0].astype("float64"))
+    predicted = (probability > 0.4).astype(int)
+    np.testing.assert_array_equal(state.confusion_matrix, skm.confusion_matrix(y_true[:, 0], predicted))
+    scores = F.classification_scores(state)
+    np.testing.assert_allclose(scores["f1"], skm.f1_score(y_true[:, 0], predicted, average=None), atol=1e-12)
+    # class 0 is scored on 1 - p, class 1 on p
+    assert scores["ap"][1] == pytest.approx(skm.average_precision_score(y_true[:, 0], probability), abs=0.02)
+    assert scores["ap"][0] == pytest.approx(skm.average_precision_score(1 - y_true[:, 0], 1 - probability), abs=0.02)
+
+
+def test_multilabel_with_logits_and_sample_weight():
+    labels = (RNG.random((N, C)) < 0.25).astype("float32")
+    logits = RNG.normal(size=(N, C)).astype("float32")
+    weights = RNG.integers(0, 3, N).astype("float32")
+    metric = ClassificationMetrics(C, task="multilabel", from_logits=True, pr_thresholds=BINS)
+    metric.update_state(labels, logits, sample_weight=weights)
+    state, _ = metric.state()
+    predicted = (sigmoid(logits) > 0.5).astype(int)
+    np.testing.assert_array_equal(
+        state.confusion_matrix, skm.multilabel_confusion_matrix(labels, predicted, sample_weight=weights)
+    )
+    assert float(metric.result()) == pytest.approx(
+        skm.f1_score(labels, predicted, average="macro", sample_weight=weights, zero_division=0), abs=1e-6
+    )
+
+
+def test_sequence_ignore_class_and_sample_weight():
+    batch, time = 6, 9
+    y_true = RNG.integers(0, C, (batch, time))
+    probs = softmax(RNG.normal(size=(batch, time, C))).astype("float32")
+    weights = RNG.integers(0, 2, (batch,)).astype("float32")
+    metric = ClassificationMetrics(C, ignore_class=0, pr_thresholds=0)
+    metric.update_state(y_true, probs, sample_weight=weights)
+    state, _ = metric.state()
+    keep = (y_true != 0) & (weights[:, None] > 0)
+    predicted = probs.argmax(-1)
+    np.testing.assert_array_equal(
+        state.confusion_matrix, skm.confusion_matrix(y_true[keep], predicted[keep], labels=range(C))
+    )
+    assert metric.scored_labels == [1, 2, 3, 4]
+    assert float(metric.result()) == pytest.approx(
+        skm.f1_score(y_true[keep], predicted[keep], labels=[1, 2, 3, 4], average="macro", zero_division=0),
+        abs=1e-6,
+    )
+
+
+def test_invalid_labels_and_nonfinite_predictions_are_counted_not_scored():
+    y_true = np.array([0, 1, 7, -1, 2, 1])
+    probs = np.eye(C, dtype="float32")[[0, 1, 1, 1, 2, 2]]
+    probs[4] = np.nan
+    metric = ClassificationMetrics(C, pr_thresholds=8)
+    state, rejected = run_metric(metric, [(y_true, probs)])
+    assert list(rejected) == [2, 1]
+    assert state.confusion_matrix.sum() == 3
+    assert state.score_histogram.sum() == 3 * C
+    np.testing.assert_array_equal(np.diagonal(state.confusion_matrix)[:2], [1, 1])
+
+
+def test_xla_and_tf_function_give_the_eager_state():
+    eager = ClassificationMetrics(C, pr_thresholds=BINS)
+    compiled = ClassificationMetrics(C, pr_thresholds=BINS)
+    step = tf.function(compiled.update_state, jit_compile=True)
+    for start in range(0, N, 64):
+        eager.update_state(LABELS[start : start + 64], PROBS[start : start + 64])
+        step(tf.constant(LABELS[start : start + 64]), tf.constant(PROBS[start : start + 64]))
+    assert_states_equal(compiled.state()[0], eager.state()[0])
+
+
+def test_reset_and_config_round_trip():
+    metric = ClassificationMetrics(C, ignore_class=2, zero_division=1.0, pr_thresholds=10, name="f1m")
+    metric.update_state(LABELS, PROBS)
+    metric.reset_state()
+    state, rejected = metric.state()
+    assert state.confusion_matrix.sum() == 0 and state.score_histogram.sum() == 0 and rejected.sum() == 0
+    clone = ClassificationMetrics.from_config(metric.get_config())
+    assert clone.get_config() == metric.get_config()
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
+    assert isinstance(restored, ClassificationMetrics) and restored.ignore_class == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_classes=3, task="multi"), "Unknown task 'multi'"),
+        (dict(num_classes=1), "num_classes must be at least 2"),
+        (dict(num_classes=3, task="binary"), "task='binary' has num_classes=2"),
+        (dict(num_classes=3, threshold=1.0), r"threshold must be in \(0, 1\)"),
+        (dict(num_classes=3, pr_thresholds=-1), "pr_thresholds must be >= 0"),
+        (dict(num_classes=3, ignore_class=3), r"ignore_class must be a class index in \[0, 3\)"),
+        (dict(num_classes=3, zero_division="warn"), "zero_division must be 0.0, 1.0 or numpy.nan"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ClassificationMetrics(**kwargs)
+
+
+def test_wrong_output_width_is_explained():
+    metric = ClassificationMetrics(3)
+    with pytest.raises(ValueError, match=r"expects predictions whose last axis is 3, got shape \(4, 5\)"):
+        metric.update_state(np.zeros(4), np.zeros((4, 5), "float32"))

@@ -1,0 +1,338 @@
+"""Real Keras training logged to a real MLflow server: what lands in the run equals
+scikit-learn on the model's own predictions."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn import metrics as skm
+
+import mlflow_mcmetrics
+from mlflow_mcmetrics import ClassificationMetrics, MCMetricsCallback
+
+pytestmark = pytest.mark.slow
+
+AVERAGES = ("f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro")
+
+
+def expected_scores(y_true, y_pred, labels, prefix):
+    """The SPEC's keys computed by scikit-learn."""
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    values = {}
+    for index, label in enumerate(labels):
+        values[f"{prefix}precision/{label}"] = precision[index]
+        values[f"{prefix}recall/{label}"] = recall[index]
+        values[f"{prefix}f1/{label}"] = f1[index]
+    for average in ("macro", "micro", "weighted"):
+        values[f"{prefix}f1_{average}"] = skm.f1_score(
+            y_true, y_pred, labels=labels, average=average, zero_division=0
+        )
+    values[f"{prefix}precision_macro"] = skm.precision_score(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    )
+    values[f"{prefix}recall_macro"] = skm.recall_score(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    )
+    return values
+
+
+def assert_logged(client, run_id, expected, num_epochs):
+    metrics = client.get_run(run_id).data.metrics
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-6), key
+    for key in ("val_f1_macro", next(k for k in expected if "/" in k)):
+        history = client.get_metric_history(run_id, key)
+        assert [m.step for m in history] == list(range(num_epochs)), key
+
+
+def dense_model(inputs, outputs, activation, hidden=16):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(outputs, activation=activation),
+        ]
+    )
+
+
+def run_id_of_last_fit():
+    return mlflow.last_active_run().info.run_id
+
+
+# --------------------------------------------------------------------------------------------
+# Every task, validated against scikit-learn on model.predict(x_val)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["sparse", "one-hot", "logits"])
+def test_multiclass(tracking, digits, layout):
+    client, _ = tracking
+    x, y, xv, yv = digits
+    mlflow_mcmetrics.autolog()
+    if layout == "logits":
+        model = dense_model(64, 10, None)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        model = dense_model(64, 10, "softmax")
+        loss = "sparse_categorical_crossentropy" if layout == "sparse" else "categorical_crossentropy"
+    targets, val_targets = (np.eye(10)[y], np.eye(10)[yv]) if layout == "one-hot" else (y, yv)
+    model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    model.fit(x, targets, validation_data=(xv, val_targets), epochs=3, batch_size=128, verbose=0)
+
+    run_id = run_id_of_last_fit()
+    predicted = model.predict(xv, verbose=0).argmax(-1)
+    assert_logged(client, run_id, expected_scores(yv, predicted, list(range(10)), "val_"), 3)
+    params = client.get_run(run_id).data.params
+    assert params["mcmetrics.task"] == "multiclass"
+    assert params["mcmetrics.from_logits"] == str(layout == "logits")
+    labels = mlflow.artifacts.load_dict(f"runs:/{run_id}/mcmetrics/labels.json")
+    assert [entry["key"] for entry in labels["labels"]] == [str(i) for i in range(10)]
+
+
+def test_binary_one_sigmoid_unit(tracking, digits):
+    client, _ = tracking
+    x, y, xv, yv = digits
+    y, yv = (y < 3).astype("float32"), (yv < 3).astype("float32")
+    mlflow_mcmetrics.autolog(class_names=["rest", "low digit"], threshold=0.5)
+    model = dense_model(64, 1, "sigmoid")
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0)
+
+    predicted = (model.predict(xv, verbose=0)[:, 0] > 0.5).astype(int)
+    expected = expected_scores(yv, predicted, [0, 1], "val_")
+    expected = {k.replace("/0", "/rest").replace("/1", "/low digit"): v for k, v in expected.items()}
+    run_id = run_id_of_last_fit()
+    assert_logged(client, run_id, expected, 2)
+    assert client.get_run(run_id).data.params["mcmetrics.task"] == "binary"
+
+
+def test_multilabel_with_logits(tracking):
+    """Seed 004: 30 sparse labels, weighted-BCE-style logits model."""
+    client, _ = tracking
+    rng = np.random.default_rng(0)
+    labels = (rng.random((1500, 30)) < 1 / 30).astype("float32")
+    features = labels * (rng.random(labels.shape) < 0.6) + rng.normal(0, 0.1, labels.shape)
+    x, y, xv, yv = features[:1000], labels[:1000], features[1000:], labels[1000:]
+    mlflow_mcmetrics.autolog()
+    model = dense_model(30, 30, None, hidden=32)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(x, y, validation_data=(xv, yv), epochs=3, batch_size=100, verbose=0)
+
+    predicted = (model.predict(xv, verbose=0) > 0).astype(int)  # sigmoid(z) > 0.5
+    expected = expected_scores(yv, predicted, list(range(30)), "val_")
+    run_id = run_id_of_last_fit()
+    assert_logged(client, run_id, expected, 3)
+    assert client.get_run(run_id).data.params["mcmetrics.task"] == "multilabel"
+
+
+def test_padded_sequence_tagger_with_mask_and_ignore_class(tracking):
+    """Seed 001: LSTM tagger on zero-padded sequences; class 0 is padding."""
+    client, _ = tracking
+    rng = np.random.default_rng(1)
+    num_tags, vocab, length = 6, 40, 12
+    tokens = rng.integers(1, vocab, (700, length))
+    lengths = rng.integers(3, length + 1, 700)
+    padding = np.arange(length)[None, :] >= lengths[:, None]
+    tags = 1 + tokens % (num_tags - 1)
+    tokens[padding], tags[padding] = 0, 0
+    x, y, xv, yv = tokens[:500], tags[:500], tokens[500:], tags[500:]
+
+    mlflow_mcmetrics.autolog(ignore_class=0)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((length,)),
+            keras.layers.Embedding(vocab, 16, mask_zero=True),
+            keras.layers.LSTM(16, return_sequences=True),
+            keras.layers.Dense(num_tags, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=50, verbose=0)
+
+    predicted = model.predict(xv, verbose=0).argmax(-1)
+    real = yv != 0
+    expected = expected_scores(yv[real], predicted[real], list(range(1, num_tags)), "val_")
+    run_id = run_id_of_last_fit()
+    assert_logged(client, run_id, expected, 2)
+    logged = client.get_run(run_id).data.metrics
+    assert not any(key.endswith("/0") for key in logged)
+
+
+# --------------------------------------------------------------------------------------------
+# Training split, XLA, MirroredStrategy
+# --------------------------------------------------------------------------------------------
+
+
+def test_training_split_with_learning_rate_zero(tracking, digits):
+    client, _ = tracking
+    x, y, xv, yv = digits
+    mlflow_mcmetrics.autolog()
+    model = dense_model(64, 10, "softmax")
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="sparse_categorical_crossentropy")
+    with mlflow.start_run() as run:
+        model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=100, verbose=0)
+    expected = expected_scores(y, model.predict(x, verbose=0).argmax(-1), list(range(10)), "")
+    assert_logged(client, run.info.run_id, expected, 2)
+
+
+def test_jit_compile_gives_the_same_values(tracking, digits):
+    client, _ = tracking
+    x, y, xv, yv = digits
+    mlflow_mcmetrics.autolog()
+    model = dense_model(64, 10, "softmax")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True)
+    model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0)
+    predicted = model.predict(xv, verbose=0).argmax(-1)
+    assert_logged(client, run_id_of_last_fit(), expected_scores(yv, predicted, list(range(10)), "val_"), 2)
+
+
+def test_mirrored_strategy_on_two_cpus(tracking, digits):
+    client, _ = tracking
+    x, y, xv, yv = digits
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    mlflow_mcmetrics.autolog()
+    with strategy.scope():
+        model = dense_model(64, 10, "softmax")
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0)
+
+    metric = mlflow_mcmetrics.callback.find_metric(model)
+    state, _ = metric.state()  # after fit: the last validation pass, summed over replicas
+    assert state.confusion_matrix.sum() == len(yv)
+    predicted = model.predict(xv, verbose=0).argmax(-1)
+    np.testing.assert_array_equal(state.confusion_matrix, skm.confusion_matrix(yv, predicted))
+    assert_logged(client, run_id_of_last_fit(), expected_scores(yv, predicted, list(range(10)), "val_"), 2)
+
+
+# --------------------------------------------------------------------------------------------
+# autolog(): before/after compile, together with MLflow's own autologging
+# --------------------------------------------------------------------------------------------
+
+
+def test_autolog_after_compile_and_user_arguments_untouched(tracking, digits):
+    client, _ = tracking
+    x, y, xv, yv = digits
+    model = dense_model(64, 10, "softmax")
+    user_metrics, user_callbacks = ["accuracy"], [keras.callbacks.TerminateOnNaN()]
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=user_metrics)
+    mlflow_mcmetrics.autolog()
+    history = model.fit(
+        x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0, callbacks=user_callbacks
+    )
+    assert user_metrics == ["accuracy"] and len(user_callbacks) == 1
+    assert "val_f1_macro" in history.history and "val_accuracy" in history.history
+    predicted = model.predict(xv, verbose=0).argmax(-1)
+    assert_logged(client, run_id_of_last_fit(), expected_scores(yv, predicted, list(range(10)), "val_"), 2)
+
+
+@pytest.mark.parametrize("order", ["mlflow-first", "mcmetrics-first", "mlflow.autolog"])
+def test_composes_with_mlflow_autologging(tracking, digits, order):
+    client, _ = tracking
+    x, y, xv, yv = digits
+    enable_mlflow = (
+        (lambda: mlflow.autolog(log_models=False, log_datasets=False))
+        if order == "mlflow.autolog"
+        else (lambda: mlflow.keras.autolog(log_models=False, log_datasets=False))
+    )
+    if order == "mcmetrics-first":
+        mlflow_mcmetrics.autolog()
+        enable_mlflow()
+    else:
+        enable_mlflow()
+        mlflow_mcmetrics.autolog()
+    model = dense_model(64, 10, "softmax")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, validation_data=(xv, yv), epochs=3, batch_size=128, verbose=0)
+
+    run_id = run_id_of_last_fit()
+    # MLflow's integration still logs (its fit() params, loss), ours too, each key once per epoch.
+    assert client.get_run(run_id).data.params["epochs"] == "3"
+    for key in ("loss", "val_loss", "f1_macro", "val_f1_macro", "f1/3", "val_recall/9", "val_map"):
+        history = client.get_metric_history(run_id, key)
+        assert [m.step for m in history] == [0, 1, 2], key
+    predicted = model.predict(xv, verbose=0).argmax(-1)
+    assert_logged(client, run_id, expected_scores(yv, predicted, list(range(10)), "val_"), 3)
+
+
+def test_disable_undoes_the_patches(tracking, digits):
+    x, y, xv, yv = digits
+    mlflow_mcmetrics.autolog()
+    mlflow_mcmetrics.autolog(disable=True)
+    model = dense_model(64, 10, "softmax")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    history = model.fit(x, y, epochs=1, batch_size=256, verbose=0)
+    assert list(history.history) == ["loss"]
+
+
+def test_early_stopping_on_val_f1_macro(tracking, digits):
+    x, y, xv, yv = digits
+    mlflow_mcmetrics.autolog()
+    model = dense_model(64, 10, "softmax")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    stopper = keras.callbacks.EarlyStopping(monitor="val_f1_macro", mode="max", patience=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, validation_data=(xv, yv), epochs=3, batch_size=128, verbose=0, callbacks=[stopper])
+    assert not [w for w in caught if "val_f1_macro" in str(w.message)]  # "... not available"
+    assert 0.0 < stopper.best <= 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# The callback and the metric used by hand; 1000 classes
+# --------------------------------------------------------------------------------------------
+
+
+def test_manual_metric_and_callback_in_a_user_run(tracking, digits):
+    client, _ = tracking
+    x, y, xv, yv = digits
+    names = [f"digit {i}" for i in range(10)]
+    model = dense_model(64, 10, "softmax")
+    model.compile(
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        metrics=[ClassificationMetrics(10, pr_thresholds=0)],
+    )
+    callback = MCMetricsCallback(class_names=names)
+    with mlflow.start_run() as run:
+        model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0, callbacks=[callback])
+    predicted = model.predict(xv, verbose=0).argmax(-1)
+    expected = expected_scores(yv, predicted, list(range(10)), "val_")
+    expected = {k.replace("/", "/digit ") if "/" in k else k: v for k, v in expected.items()}
+    assert_logged(client, run.info.run_id, expected, 2)
+    assert len(callback.history["val_f1/digit 3"]) == 2
+    assert "val_map" not in client.get_run(run.info.run_id).data.metrics
+
+
+def test_class_name_count_must_match(tracking, digits):
+    x, y, _, _ = digits
+    mlflow_mcmetrics.autolog(class_names=["a", "b"])
+    model = dense_model(64, 10, "softmax")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="Got 2 class names for a model with 10 classes"):
+        model.fit(x, y, epochs=1, verbose=0)
+
+
+def test_thousand_classes_all_logged_in_one_epoch(tracking):
+    client, _ = tracking
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 8)).astype("float32")
+    y = rng.integers(0, 1000, 3000)
+    mlflow_mcmetrics.autolog(pr_thresholds=100)
+    model = dense_model(8, 1000, "softmax")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, validation_data=(x[:1000], y[:1000]), epochs=1, batch_size=500, verbose=0)
+    metrics = client.get_run(run_id_of_last_fit()).data.metrics
+    for prefix in ("", "val_"):
+        for name in ("precision", "recall", "f1", "ap"):
+            assert sum(k.startswith(f"{prefix}{name}/") for k in metrics) == 1000, (prefix, name)
+    assert len(metrics) == 2 * (4 * 1000 + 6)
