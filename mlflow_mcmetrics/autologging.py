@@ -186,6 +186,8 @@ def _patched_callback_list_init(
                         class_names=_config("class_names"),
                         metric=metric,
                         log_train=_config("log_train"),
+                        confusion_matrix=_config("confusion_matrix"),
+                        log_every_n_epochs=_config("log_every_n_epochs"),
                         skip_keras_logs=any(_logs_keras_epoch_logs(cb) for cb in callbacks),
                     )
                 )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
+import json
 import time
 import warnings
 from collections import defaultdict
@@ -9,15 +12,21 @@ from collections.abc import Sequence
 
 import keras
 import mlflow
+import numpy as np
+from matplotlib.figure import Figure
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlflow_mcmetrics import functional
+from mlflow_mcmetrics import functional, plots, report
 from mlflow_mcmetrics.metrics import ClassificationMetrics
 from mlflow_mcmetrics.naming import class_key_components, metric_key
 
-__all__ = ["MCMetricsCallback", "find_metric", "first_classification_metric"]
+__all__ = ["ARTIFACT_DIR", "MCMetricsCallback", "epoch_values", "find_metric", "first_classification_metric"]
+
+ARTIFACT_DIR = "mcmetrics"
+#: Largest share of wall time that drawing per-epoch images may take (see _log_epoch_images).
+RENDER_TIME_SHARE = 0.1
 
 _AVERAGES = ("f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro", "map")
 _PER_CLASS = ("precision", "recall", "f1", "ap")
@@ -46,17 +55,9 @@ def find_metric(model: keras.Model) -> ClassificationMetrics | None:
     return first_classification_metric(candidates)
 
 
-def epoch_scores(
-    state: functional.ClassificationState,
-    metric: ClassificationMetrics,
-    components: Sequence[str],
-    prefix: str,
-) -> dict[str, float]:
-    """The SPEC's step metrics of one split, keyed ``{prefix}f1/{class}`` etc."""
-    labels = metric.scored_labels
-    scores = functional.classification_scores(
-        state, labels=labels, zero_division=metric.zero_division
-    )
+def epoch_values(scores: dict, labels: Sequence[int], components: Sequence[str], prefix: str) -> dict[str, float]:
+    """The SPEC's step metrics of one split from :func:`functional.classification_scores`,
+    keyed ``{prefix}f1_macro``, ``{prefix}f1/{class}`` etc."""
     values = {metric_key(prefix, name): float(scores[name]) for name in _AVERAGES if name in scores}
     for name in _PER_CLASS:
         if name in scores:
@@ -66,7 +67,7 @@ def epoch_scores(
 
 
 class MCMetricsCallback(keras.callbacks.Callback):
-    """Logs a :class:`ClassificationMetrics` state to MLflow as step metrics, once per epoch.
+    """Logs a :class:`ClassificationMetrics` state to MLflow: step metrics every epoch, artifacts.
 
     At the end of every epoch it reads the metric state (one device-to-host copy per split),
     computes per-class precision/recall/F1 (and AP with PR curves on) with
@@ -74,12 +75,23 @@ class MCMetricsCallback(keras.callbacks.Callback):
     without prefix, validation values with ``val_``. The training state is read in
     ``on_test_begin``, before Keras resets the metrics for validation.
 
+    Every ``log_every_n_epochs`` epochs (and for the last epoch) it also logs
+    ``mcmetrics/epochs/{epoch:04d}/{split}_confusion_matrix.json`` and ``..._pr_curves.json``,
+    and the confusion-matrix and PR-curve images of the report split (validation if present,
+    else training) as time-stepped images (keys ``{prefix}confusion_matrix``,
+    ``{prefix}pr_curves``). Images are drawn on a background thread: an epoch whose images would
+    queue behind a render still running gets none (its JSON is always logged). When training
+    ends: ``mcmetrics/confusion_matrix.png``, ``pr_curves.png``, ``f1_by_epoch.png`` and
+    ``classification_report.json``/``.md`` for the last epoch.
+
     Args:
         class_names: one name per class (default ``"0"`` .. ``"C-1"``).
         metric: the metric to read; by default the first ``ClassificationMetrics`` compiled
             into the model.
         log_train: log the training split too (validation is always logged when present).
         log_to_mlflow: ``False`` only fills :attr:`history`.
+        confusion_matrix: log confusion-matrix artifacts.
+        log_every_n_epochs: artifact frequency; step metrics are logged every epoch.
         skip_keras_logs: leave out keys that are in Keras' epoch ``logs`` (such as
             ``val_f1_macro``) because another callback, like MLflow's own autologging
             callback, logs those already.
@@ -98,14 +110,20 @@ class MCMetricsCallback(keras.callbacks.Callback):
         metric: ClassificationMetrics | None = None,
         log_train: bool = True,
         log_to_mlflow: bool = True,
+        confusion_matrix: bool = True,
+        log_every_n_epochs: int = 1,
         skip_keras_logs: bool = False,
         run_id: str | None = None,
     ):
         super().__init__()
+        if log_every_n_epochs < 1:
+            raise ValueError(f"log_every_n_epochs must be >= 1, got {log_every_n_epochs}.")
         self.class_names = None if class_names is None else [str(n) for n in class_names]
         self.metric = metric
         self.log_train = log_train
         self.log_to_mlflow = log_to_mlflow
+        self.confusion_matrix = confusion_matrix
+        self.log_every_n_epochs = log_every_n_epochs
         self.skip_keras_logs = skip_keras_logs
         self.run_id = run_id
         self.history: dict[str, list[float]] = defaultdict(list)
@@ -115,6 +133,11 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._owned_run = None
         self._train_state: functional.ClassificationState | None = None
         self._validated = False
+        self._last_epoch: _EpochResult | None = None
+        self._f1_by_epoch: dict[str, list[np.ndarray]] = defaultdict(list)
+        self._renderer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._rendering: concurrent.futures.Future | None = None
+        self._next_render = 0.0
 
     # -- set-up ------------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -135,6 +158,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
             )
         self.class_names = names
         self.class_keys = class_key_components(names)
+        self._last_epoch = None
+        self._f1_by_epoch.clear()
         if self.log_to_mlflow:
             self._start_logging()
 
@@ -169,8 +194,9 @@ class MCMetricsCallback(keras.callbacks.Callback):
                 ],
                 "ignore_class": metric.ignore_class,
             },
-            "mcmetrics/labels.json",
+            f"{ARTIFACT_DIR}/labels.json",
         )
+        self._renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mcmetrics-render")
 
     # -- per epoch ---------------------------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
@@ -185,22 +211,37 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._validated = True
 
     def on_epoch_end(self, epoch, logs=None):
-        values: dict[str, float] = {}
+        splits: dict[str, functional.ClassificationState] = {}
         if self.log_train:
-            train_state = self._train_state if self._validated else self._read_state("train")
-            values.update(epoch_scores(train_state, self.metric, self.class_keys, ""))
+            splits["train"] = self._train_state if self._validated else self._read_state("train")
         if self._validated:
-            values.update(epoch_scores(self._read_state("val"), self.metric, self.class_keys, "val_"))
+            splits["val"] = self._read_state("val")
+        result = _EpochResult(epoch, {split: self._scores(state) for split, state in splits.items()}, splits)
+        values = {}
+        for split, scores in result.scores.items():
+            values.update(epoch_values(scores, self.metric.scored_labels, self.class_keys, _SPLIT_PREFIXES[split]))
+            self._f1_by_epoch[split].append(scores["f1"])
         for key, value in values.items():
             self.history[key].append(value)
+        self._last_epoch = result
+        if self._client is None:
+            return
         if self.skip_keras_logs and logs:
             values = {key: value for key, value in values.items() if key not in logs}
-        if self._client is not None:
-            timestamp = int(time.time() * 1000)
-            self._client.log_batch(
-                self._run_id,
-                metrics=[Metric(key, value, timestamp, epoch) for key, value in values.items()],
-            )
+        self._client.log_batch(
+            self._run_id,
+            metrics=[Metric(key, value, int(time.time() * 1000), epoch) for key, value in values.items()],
+        )
+        if epoch % self.log_every_n_epochs == 0:
+            self._log_epoch_json(result)
+            idle = self._rendering is None or self._rendering.done()
+            if idle and time.monotonic() >= self._next_render:
+                self._rendering = self._renderer.submit(self._log_epoch_images, result)
+
+    def _scores(self, state):
+        return functional.classification_scores(
+            state, labels=self.metric.scored_labels, zero_division=self.metric.zero_division
+        )
 
     def _read_state(self, split: str) -> functional.ClassificationState:
         state, rejected = self.metric.state()
@@ -220,7 +261,117 @@ class MCMetricsCallback(keras.callbacks.Callback):
             )
         return state
 
+    # -- artifacts ---------------------------------------------------------------------------
+    def _log_json(self, payload: dict, artifact_file: str) -> None:
+        # log_dict indents (a 1000-class matrix becomes 11 MB); compact JSON is 5x smaller.
+        self._client.log_text(self._run_id, json.dumps(payload, separators=(",", ":")), artifact_file)
+
+    def _log_epoch_json(self, result: "_EpochResult") -> None:
+        folder = f"{ARTIFACT_DIR}/epochs/{result.epoch:04d}"
+        labels = self.metric.scored_labels
+        for split, state in result.states.items():
+            if self.confusion_matrix:
+                self._log_json(
+                    report.confusion_matrix_payload(state, self.class_names, result.epoch, split),
+                    f"{folder}/{split}_confusion_matrix.json",
+                )
+            if state.score_histogram is not None:
+                self._log_json(
+                    report.pr_curves_payload(state, self.class_names, labels, result.scores[split]),
+                    f"{folder}/{split}_pr_curves.json",
+                )
+        result.json_logged = True
+
+    def _figures(self, result: "_EpochResult") -> dict[str, Figure]:
+        """The report split's confusion-matrix and PR-curve figures, by artifact stem."""
+        split = result.report_split
+        state, scores = result.states[split], result.scores[split]
+        labels = self.metric.scored_labels
+        names = [self.class_names[label] for label in labels]
+        title = f"{'Validation' if split == 'val' else 'Training'}, epoch {result.epoch}"
+        figures = {}
+        if self.confusion_matrix:
+            figures["confusion_matrix"] = plots.plot_confusion_matrix(
+                _restrict(state.confusion_matrix, labels), names, title=f"Confusion matrix — {title}"
+            )
+        if state.score_histogram is not None:
+            precision, recall, _ = functional.precision_recall_curve(state.score_histogram)
+            figures["pr_curves"] = plots.plot_pr_curves(
+                precision[labels], recall[labels], scores["ap"], names,
+                prevalence=scores["support"] / max(state.num_samples, 1.0),
+                operating_points=report.operating_points(state, labels, self.metric.zero_division),
+                title=f"Precision-recall — {title}",
+            )
+        return figures
+
+    def _log_epoch_images(self, result: "_EpochResult") -> dict[str, np.ndarray]:
+        """Draw the report split's figures and log them as time-stepped images.
+
+        Drawing holds the GIL for most of a second, so the next drawing may start only after
+        ``1 / RENDER_TIME_SHARE`` times this one's duration: images then take at most that
+        share of training time, however short the epochs are.
+        """
+        started = time.monotonic()
+        prefix = _SPLIT_PREFIXES[result.report_split]
+        images = {stem: plots.figure_to_array(figure) for stem, figure in self._figures(result).items()}
+        for stem, image in images.items():
+            self._client.log_image(self._run_id, image, key=f"{prefix}{stem}", step=result.epoch, synchronous=True)
+        finished = time.monotonic()
+        self._next_render = finished + (finished - started) * (1 / RENDER_TIME_SHARE - 1)
+        result.images = images
+        return images
+
+    def _log_final_artifacts(self, result: "_EpochResult") -> None:
+        """The last finished epoch: its per-epoch artifacts if not logged yet, the PNGs, reports."""
+        if not result.json_logged:
+            self._log_epoch_json(result)
+        for stem, image in (result.images or self._log_epoch_images(result)).items():
+            self._client.log_image(self._run_id, image, artifact_file=f"{ARTIFACT_DIR}/{stem}.png")
+        split = result.report_split
+        names = [self.class_names[label] for label in self.metric.scored_labels]
+        self._client.log_figure(
+            self._run_id,
+            plots.plot_f1_by_epoch(np.stack(self._f1_by_epoch[split]), names, title=f"F1 by class and epoch ({split})"),
+            f"{ARTIFACT_DIR}/f1_by_epoch.png",
+        )
+        document = report.classification_report(
+            result.states[split], self.class_names, labels=self.metric.scored_labels,
+            zero_division=self.metric.zero_division, scores=result.scores[split],
+        )
+        document.update(epoch=result.epoch, split=split)
+        self._client.log_text(self._run_id, report.to_json(document), f"{ARTIFACT_DIR}/classification_report.json")
+        self._client.log_text(
+            self._run_id,
+            report.to_markdown(document, title=f"Classification report — {split}, epoch {result.epoch}"),
+            f"{ARTIFACT_DIR}/classification_report.md",
+        )
+
     def on_train_end(self, logs=None):
+        if self._renderer is not None:
+            self._renderer.shutdown(wait=True)
+            self._renderer = None
+        if self._client is not None and self._last_epoch is not None:
+            self._log_final_artifacts(self._last_epoch)
         if self._owned_run is not None:
             mlflow.end_run()
             self._owned_run = None
+
+
+def _restrict(confusion_matrix: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """The confusion matrix of the scored classes only (a multilabel one is per label already)."""
+    if confusion_matrix.ndim == 3:
+        return confusion_matrix[labels]
+    return confusion_matrix[np.ix_(labels, labels)]
+
+
+@dataclasses.dataclass
+class _EpochResult:
+    epoch: int
+    scores: dict[str, dict]
+    states: dict[str, functional.ClassificationState]
+    json_logged: bool = False
+    images: dict[str, np.ndarray] | None = None
+
+    @property
+    def report_split(self) -> str:
+        return "val" if "val" in self.states else "train"

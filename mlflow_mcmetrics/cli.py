@@ -39,8 +39,8 @@ def train(
     import numpy as np
 
     import mlflow_mcmetrics
-    from mlflow_mcmetrics import datasets
-    from mlflow_mcmetrics.callback import epoch_scores, find_metric
+    from mlflow_mcmetrics import datasets, functional
+    from mlflow_mcmetrics.callback import epoch_values, find_metric
     from mlflow_mcmetrics.naming import class_key_components
 
     data = datasets.load(dataset, imbalance_ratio=imbalance_ratio, seed=seed)
@@ -67,7 +67,9 @@ def train(
         model.evaluate(data.x_test, data.y_test, verbose=0)
         metric = find_metric(model)
         state, _ = metric.state()  # evaluate() left the test split's state in the metric
-        test = epoch_scores(state, metric, class_key_components(data.class_names), "test_")
+        labels = metric.scored_labels
+        scores = functional.classification_scores(state, labels=labels, zero_division=metric.zero_division)
+        test = epoch_values(scores, labels, class_key_components(data.class_names), "test_")
         mlflow.log_metrics(test)
         print(f"test macro F1 {test['test_f1_macro']:.3f}; per class "
               + json.dumps({n: round(test[f'test_f1/{k}'], 3)

@@ -56,6 +56,12 @@ class ClassificationState:
         return int(self.confusion_matrix.shape[0])
 
     @property
+    def num_samples(self) -> float:
+        """(Weighted) number of samples counted; each label's 2×2 counts all of a multilabel state."""
+        counted = self.confusion_matrix[0] if self.is_multilabel else self.confusion_matrix
+        return float(counted.sum())
+
+    @property
     def is_multilabel(self) -> bool:
         return self.confusion_matrix.ndim == 3
 

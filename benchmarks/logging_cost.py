@@ -1,0 +1,106 @@
+"""Per-epoch logging cost for 10, 100 and 1000 classes, as a fraction of a training epoch.
+
+    python benchmarks/logging_cost.py
+
+The baseline is one epoch of the MLproject's default model (the small CNN on long-tailed
+digits, batch 32), timed in this same process. For each class count the callback's epoch-end
+work is timed on a realistic state (train + validation splits, 4096-bin histograms) against a
+throw-away SQLite tracking store: reading nothing from a device, only computing and logging:
+
+* metrics: scores for both splits + one batched ``log_batch`` call (the training thread),
+* json: ``{split}_confusion_matrix.json`` and ``{split}_pr_curves.json`` (the training thread),
+* images: drawing and logging the confusion-matrix and PR figures (a background thread,
+  throttled to at most 10% of wall time, so not a per-epoch cost).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _median_seconds(function, repeat):
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _state(num_classes, num_samples, bins, rng):
+    import numpy as np
+
+    from mlflow_mcmetrics import functional
+
+    y_true = rng.integers(0, num_classes, num_samples)
+    logits = rng.normal(size=(num_samples, num_classes))
+    logits[np.arange(num_samples), y_true] += 2.0
+    scores = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return functional.update_state(y_true, scores, num_bins=bins)
+
+
+def main() -> None:
+    import keras
+    import mlflow
+    import numpy as np
+
+    from mlflow_mcmetrics import callback as callback_module
+    from mlflow_mcmetrics import datasets, functional
+    from mlflow_mcmetrics.cli import build_cnn
+    from mlflow_mcmetrics.metrics import DEFAULT_PR_THRESHOLDS, ClassificationMetrics
+
+    data = datasets.load("digits", imbalance_ratio=20, seed=0)
+    model = build_cnn(data.x_train.shape[1:], 10, seed=0)
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val), epochs=2, batch_size=32, verbose=0)
+    epoch = _median_seconds(
+        lambda: model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
+                          epochs=1, batch_size=32, verbose=0),
+        repeat=7,
+    )
+    print(f"baseline: one epoch of the MLproject's default CNN (digits, ratio 20, batch 32): {epoch * 1000:.0f} ms")
+
+    rng = np.random.default_rng(0)
+    workdir = tempfile.mkdtemp()
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    print(f"\n| classes | metrics/epoch | metrics ms | json ms | json KB | fraction of epoch (metrics + json) | one image pair ms (background) |")
+    print("|---|---|---|---|---|---|---|")
+    for num_classes in (10, 100, 1000):
+        metric = ClassificationMetrics(num_classes, pr_thresholds=DEFAULT_PR_THRESHOLDS)
+        callback = callback_module.MCMetricsCallback(metric=metric)
+        callback.class_names = [f"class {i}" for i in range(num_classes)]
+        callback.class_keys = callback_module.class_key_components(callback.class_names)
+        samples = max(1000, 5 * num_classes)
+        states = {split: _state(num_classes, samples, DEFAULT_PR_THRESHOLDS, rng) for split in ("train", "val")}
+        with mlflow.start_run() as run:
+            callback._client, callback._run_id = mlflow.MlflowClient(), run.info.run_id
+            step = iter(range(10**6))
+
+            def metrics():
+                scores = {split: callback._scores(state) for split, state in states.items()}
+                values = {}
+                for split, split_scores in scores.items():
+                    values.update(callback_module.epoch_values(
+                        split_scores, metric.scored_labels, callback.class_keys, callback_module._SPLIT_PREFIXES[split]))
+                callback._client.log_batch(callback._run_id, metrics=[
+                    callback_module.Metric(k, v, 0, next(step)) for k, v in values.items()])
+                return scores, values
+
+            scores, values = metrics()
+            result = callback_module._EpochResult(0, scores, states)
+            metrics_time = _median_seconds(metrics, repeat=3)
+            json_time = _median_seconds(lambda: callback._log_epoch_json(result), repeat=3)
+            image_time = _median_seconds(lambda: callback._log_epoch_images(result), repeat=1)
+            folder = callback._client.download_artifacts(run.info.run_id, "mcmetrics/epochs/0000", workdir)
+            size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / 1024
+        print(f"| {num_classes} | {len(values)} | {metrics_time * 1000:.0f} | {json_time * 1000:.0f} | {size:.0f} | "
+              f"{(metrics_time + json_time) / epoch:.2f} | {image_time * 1000:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

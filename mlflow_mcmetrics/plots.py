@@ -1,0 +1,184 @@
+"""Figures of a classification state: confusion matrix, PR curves, F1 by epoch.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``, so
+nothing leaks into a global figure registry and the functions are safe off the main thread.
+They stay readable from 2 to 1000 classes: cell numbers are written up to
+``ANNOTATE_MAX_CLASSES`` classes, tick labels thinned beyond ``TICK_LABELS_MAX``, and PR
+curves drawn as small multiples up to ``PR_PANELS_MAX`` classes, beyond that for the best
+and worst classes by AP with the rest summarised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = [
+    "figure_to_array",
+    "plot_confusion_matrix",
+    "plot_f1_by_epoch",
+    "plot_pr_curves",
+]
+
+ANNOTATE_MAX_CLASSES = 30
+TICK_LABELS_MAX = 50
+PR_PANELS_MAX = 20
+
+
+def figure_to_array(figure: Figure) -> np.ndarray:
+    """Render ``figure`` (Agg) to an ``(H, W, 4)`` uint8 RGBA array, e.g. for ``log_image``."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def _set_class_ticks(axis, names: Sequence[str], which: str) -> None:
+    step = max(1, int(np.ceil(len(names) / TICK_LABELS_MAX)))
+    positions = np.arange(0, len(names), step)
+    labels = [str(names[i])[:20] for i in positions]
+    if which == "x":
+        axis.set_xticks(positions, labels, rotation=90 if len(names) > 10 else 45, ha="center" if len(names) > 10 else "right", fontsize=7 if len(names) > 20 else 9)
+    else:
+        axis.set_yticks(positions, labels, fontsize=7 if len(names) > 20 else 9)
+
+
+def _heatmap(axis, values, names, title, fmt, colorbar_label, figure, vmax=None):
+    image = axis.imshow(values, cmap="Blues", vmin=0, vmax=vmax, interpolation="nearest")
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label=colorbar_label)
+    axis.set_title(title)
+    axis.set_xlabel("Predicted class")
+    axis.set_ylabel("True class")
+    _set_class_ticks(axis, names, "x")
+    _set_class_ticks(axis, names, "y")
+    if len(names) <= ANNOTATE_MAX_CLASSES:
+        threshold = (np.nanmax(values) if vmax is None else vmax) / 2
+        for (row, column), value in np.ndenumerate(values):
+            axis.text(column, row, format(value, fmt), ha="center", va="center", fontsize=7 if len(names) > 12 else 9,
+                      color="white" if value > threshold else "black")
+
+
+def plot_confusion_matrix(
+    confusion_matrix: np.ndarray, class_names: Sequence[str], *, title: str = "Confusion matrix"
+) -> Figure:
+    """Counts and row-normalised rates (recall on the diagonal) side by side.
+
+    Rows are true classes, columns predicted classes, as in scikit-learn. A multilabel
+    ``(C, 2, 2)`` matrix is drawn as one small 2×2 panel per label (up to 30, then the 30
+    labels with the most errors).
+    """
+    confusion_matrix = np.asarray(confusion_matrix, dtype=float)
+    if confusion_matrix.ndim == 3:
+        return _plot_multilabel_confusion(confusion_matrix, class_names, title)
+    num_classes = len(class_names)
+    side = min(12.0, max(4.5, 0.35 * num_classes + 2.5))
+    figure = Figure(figsize=(2 * side + 1.5, side), layout="constrained")
+    counts_axis, rates_axis = figure.subplots(1, 2)
+    totals = confusion_matrix.sum(axis=1, keepdims=True)
+    rates = np.divide(confusion_matrix, totals, out=np.zeros_like(confusion_matrix), where=totals > 0)
+    integral = np.all(confusion_matrix == np.round(confusion_matrix))
+    _heatmap(counts_axis, confusion_matrix, class_names, "Counts", ".0f" if integral else ".1f", "samples", figure)
+    _heatmap(rates_axis, rates, class_names, "Normalised by true class (recall on the diagonal)", ".2f",
+             "fraction of the true class", figure, vmax=1.0)
+    figure.suptitle(title)
+    return figure
+
+
+def _plot_multilabel_confusion(matrices, names, title):
+    errors = matrices[:, 0, 1] + matrices[:, 1, 0]
+    shown = np.sort(np.argsort(-errors, kind="stable")[:ANNOTATE_MAX_CLASSES])
+    columns = min(6, len(shown))
+    rows = int(np.ceil(len(shown) / columns))
+    figure = Figure(figsize=(2.2 * columns, 2.2 * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for axis, label in zip(axes, shown):
+        matrix = matrices[label]
+        axis.imshow(matrix, cmap="Blues", vmin=0)
+        for (row, column), value in np.ndenumerate(matrix):
+            axis.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=8,
+                      color="white" if value > matrix.max() / 2 else "black")
+        axis.set_title(str(names[label])[:24], fontsize=9)
+        axis.set_xticks([0, 1], ["pred 0", "pred 1"], fontsize=7)
+        axis.set_yticks([0, 1], ["true 0", "true 1"], fontsize=7)
+    for axis in axes[len(shown):]:
+        axis.set_visible(False)
+    suffix = "" if len(shown) == len(names) else f" ({len(shown)} of {len(names)} labels, most errors)"
+    figure.suptitle(title + suffix)
+    return figure
+
+
+def plot_pr_curves(
+    precision: np.ndarray,
+    recall: np.ndarray,
+    average_precision: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    prevalence: np.ndarray,
+    operating_points: np.ndarray | None = None,
+    title: str = "Precision-recall curves",
+) -> Figure:
+    """One PR curve per class with its AP, the no-skill line and the operating point.
+
+    Args:
+        precision, recall: ``(C, K)`` curve points per class.
+        average_precision: ``(C,)`` AP per class, shown in each legend.
+        class_names: ``C`` names.
+        prevalence: ``(C,)`` fraction of positives per class: the precision of a classifier
+            without skill (dashed line).
+        operating_points: ``(C, 2)`` (recall, precision) of the decision actually used
+            (argmax, or the threshold), marked on each curve.
+    """
+    average_precision = np.asarray(average_precision, dtype=float)
+    num_classes = len(class_names)
+    order = np.argsort(-average_precision, kind="stable")
+    if num_classes <= PR_PANELS_MAX:
+        shown, summary = list(range(num_classes)), None
+    else:
+        half = PR_PANELS_MAX // 2
+        shown = [*order[:half], *order[-half:]]
+        summary = (
+            f"{num_classes} classes: panels show the {half} best and {half} worst by AP; "
+            f"median AP {np.median(average_precision):.3f}, "
+            f"AP < 0.5 for {int((average_precision < 0.5).sum())} classes"
+        )
+    columns = min(5, len(shown))
+    rows = int(np.ceil(len(shown) / columns))
+    figure = Figure(figsize=(3.0 * columns, 2.8 * rows + 0.8), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for axis, label in zip(axes, shown):
+        axis.step(recall[label], precision[label], where="post", color="tab:blue", lw=1.5,
+                  label=f"AP {average_precision[label]:.3f}")
+        axis.axhline(prevalence[label], color="grey", ls="--", lw=1, label=f"no skill {prevalence[label]:.2f}")
+        if operating_points is not None:
+            axis.plot(*operating_points[label], "o", color="tab:red", ms=5, label="operating point")
+        axis.set_title(str(class_names[label])[:28], fontsize=9)
+        axis.set_xlim(-0.02, 1.02)
+        axis.set_ylim(-0.02, 1.05)
+        axis.tick_params(labelsize=7)
+        axis.legend(fontsize=6, loc="lower left")
+    for axis in axes[len(shown):]:
+        axis.set_visible(False)
+    figure.supxlabel("Recall")
+    figure.supylabel("Precision")
+    figure.suptitle(title if summary is None else f"{title}\n{summary}", fontsize=10)
+    return figure
+
+
+def plot_f1_by_epoch(f1: np.ndarray, class_names: Sequence[str], *, title: str = "F1 by class and epoch") -> Figure:
+    """A class × epoch heatmap of F1 (``f1`` is ``(epochs, C)``)."""
+    f1 = np.asarray(f1, dtype=float)
+    num_epochs, num_classes = f1.shape
+    height = min(24.0, max(3.0, 0.3 * num_classes + 1.5))
+    figure = Figure(figsize=(min(16.0, max(5.0, 0.25 * num_epochs + 3)), height), layout="constrained")
+    axis = figure.subplots()
+    image = axis.imshow(f1.T, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    figure.colorbar(image, ax=axis, label="F1")
+    axis.set_xlabel("Epoch")
+    axis.set_ylabel("Class")
+    _set_class_ticks(axis, class_names, "y")
+    epoch_step = max(1, int(np.ceil(num_epochs / 20)))
+    axis.set_xticks(np.arange(0, num_epochs, epoch_step))
+    axis.set_title(title)
+    return figure

@@ -1,0 +1,174 @@
+"""A classification report from a state: per-class rows, averages, most-confused pairs.
+
+The per-class numbers come from :func:`mlflow_mcmetrics.functional.classification_scores`,
+the same call whose values the callback logs as metrics, so the report and the metrics agree
+to the last bit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from mlflow_mcmetrics import functional
+
+__all__ = [
+    "classification_report",
+    "confusion_matrix_payload",
+    "most_confused_pairs",
+    "operating_points",
+    "pr_curves_payload",
+    "to_json",
+    "to_markdown",
+]
+
+
+def most_confused_pairs(confusion_matrix: np.ndarray, class_names: Sequence[str], labels: Sequence[int], top: int = 10):
+    """The largest off-diagonal cells among ``labels``: ``[{true, predicted, count, fraction_of_true}]``."""
+    matrix = np.asarray(confusion_matrix, dtype=float)
+    if matrix.ndim != 2:
+        return []
+    labels = np.asarray(labels)
+    sub = matrix[np.ix_(labels, labels)].copy()
+    np.fill_diagonal(sub, 0)
+    totals = matrix[labels].sum(axis=1)
+    order = np.argsort(-sub, axis=None, kind="stable")[:top]
+    pairs = []
+    for flat in order:
+        row, column = np.unravel_index(flat, sub.shape)
+        if sub[row, column] <= 0:
+            break
+        pairs.append(
+            {
+                "true": class_names[labels[row]],
+                "predicted": class_names[labels[column]],
+                "count": float(sub[row, column]),
+                "fraction_of_true": float(sub[row, column] / totals[row]) if totals[row] else 0.0,
+            }
+        )
+    return pairs
+
+
+def classification_report(
+    state: functional.ClassificationState,
+    class_names: Sequence[str],
+    *,
+    labels: Sequence[int] | None = None,
+    zero_division: float = 0.0,
+    scores: dict | None = None,
+) -> dict:
+    """The report as a dict (what ``to_json``/``to_markdown`` render).
+
+    ``scores`` may pass the :func:`~.functional.classification_scores` already computed for
+    ``state`` (the callback does, so that report and metrics are one computation).
+    """
+    labels = list(range(state.num_classes)) if labels is None else list(labels)
+    if scores is None:
+        scores = functional.classification_scores(state, labels=labels, zero_division=zero_division)
+    per_class_keys = [k for k in ("precision", "recall", "f1", "support", "ap", "ap_lower", "ap_upper") if k in scores]
+    classes = [
+        {"index": label, "name": class_names[label], **{k: float(scores[k][i]) for k in per_class_keys}}
+        for i, label in enumerate(labels)
+    ]
+    averages = {}
+    for average in ("macro", "micro", "weighted"):
+        precision, recall, f1, _ = functional.precision_recall_fscore_support(
+            state.confusion_matrix, labels=labels, average=average, zero_division=zero_division
+        )
+        averages[average] = {"precision": precision, "recall": recall, "f1": f1}
+    report = {
+        "classes": classes,
+        "averages": averages,
+        "support": float(np.sum(scores["support"])),
+        "most_confused": most_confused_pairs(state.confusion_matrix, class_names, labels),
+    }
+    if "map" in scores:
+        report["map"] = scores["map"]
+    return report
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(report, indent=2, allow_nan=True)
+
+
+def _cell(value: float) -> str:
+    return f"{value:g}" if float(value).is_integer() else f"{value:.4f}"
+
+
+def to_markdown(report: dict, *, title: str = "Classification report") -> str:
+    """The report as Markdown tables (per class, averages, most-confused pairs)."""
+    has_ap = "ap" in report["classes"][0] if report["classes"] else False
+    header = ["class", "precision", "recall", "F1", "support"] + (["AP", "AP tie interval"] if has_ap else [])
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in report["classes"]:
+        cells = [row["name"].replace("|", "\\|"), *(_cell(row[k]) for k in ("precision", "recall", "f1", "support"))]
+        if has_ap:
+            cells += [_cell(row["ap"]), f"[{row['ap_lower']:.4f}, {row['ap_upper']:.4f}]"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| average | precision | recall | F1 |", "|---|---|---|---|"]
+    for name, row in report["averages"].items():
+        lines.append(f"| {name} | {_cell(row['precision'])} | {_cell(row['recall'])} | {_cell(row['f1'])} |")
+    if "map" in report:
+        lines += ["", f"Mean average precision: {report['map']:.4f}"]
+    if report["most_confused"]:
+        lines += ["", "## Most confused pairs", "", "| true | predicted as | count | share of true |", "|---|---|---|---|"]
+        for pair in report["most_confused"]:
+            lines.append(
+                f"| {pair['true']} | {pair['predicted']} | {pair['count']:g} | {pair['fraction_of_true']:.1%} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def confusion_matrix_payload(state: functional.ClassificationState, class_names: Sequence[str], epoch: int, split: str) -> dict:
+    """``{split}_confusion_matrix.json``: rows = true class, columns = predicted (scikit-learn's
+    layout); multilabel: one ``[[tn, fp], [fn, tp]]`` per label."""
+    matrix = state.confusion_matrix
+    if np.all(matrix == np.round(matrix)):  # unweighted counts: write 3, not 3.0
+        matrix = matrix.astype(np.int64)
+    return {
+        "labels": list(class_names),
+        "matrix": matrix.tolist(),
+        "epoch": epoch,
+        "split": split,
+    }
+
+
+def _curve_points(precision, recall, thresholds):
+    """The curve at the bins that hold positives (where recall changes: the points average
+    precision sums over), plus scikit-learn's end point (recall 0, precision 1). Bins that add
+    only negatives lower precision between two such points and are dropped."""
+    keep = np.flatnonzero(recall[:-1] != recall[1:])
+    return {
+        "thresholds": np.round(thresholds[keep], 6).tolist(),
+        "precision": np.round(np.append(precision[keep], 1.0), 6).tolist(),
+        "recall": np.round(np.append(recall[keep], 0.0), 6).tolist(),
+    }
+
+
+def pr_curves_payload(state: functional.ClassificationState, class_names: Sequence[str], labels: Sequence[int], scores: dict) -> dict:
+    """``{split}_pr_curves.json``: per scored class its curve points (``score >= threshold``),
+    its average precision and the tie interval ``average_precision_bounds``."""
+    precision, recall, thresholds = functional.precision_recall_curve(state.score_histogram)
+    curves = {}
+    for position, label in enumerate(labels):
+        curves[class_names[label]] = {
+            **_curve_points(precision[label], recall[label], thresholds),
+            "average_precision": float(scores["ap"][position]),
+            "average_precision_bounds": [float(scores["ap_lower"][position]), float(scores["ap_upper"][position])],
+        }
+    return {
+        "labels": [class_names[label] for label in labels],
+        "thresholds": {"bins": len(thresholds), "rule": "positive when score >= bin / bins"},
+        "curves": curves,
+    }
+
+
+def operating_points(state: functional.ClassificationState, labels: Sequence[int], zero_division: float = 0.0) -> np.ndarray:
+    """``(len(labels), 2)`` (recall, precision) of the decisions actually taken (argmax or
+    threshold), from the confusion matrix."""
+    precision, recall, _, _ = functional.precision_recall_fscore_support(
+        state.confusion_matrix, labels=labels, zero_division=zero_division
+    )
+    return np.stack([recall, precision], axis=1)
