@@ -39,7 +39,7 @@ __all__ = ["INTEGRATION_NAME", "autolog", "infer_task"]
 
 INTEGRATION_NAME = "mlflow_mcmetrics"
 
-_BINARY_LOSSES = {"binary_crossentropy", "bce", "binary_focal_crossentropy"}
+_BINARY_LOSSES = {"binary_crossentropy", "bce", "binary_focal_crossentropy", "weighted_binary_crossentropy"}
 
 
 def _config(key: str):
@@ -51,10 +51,9 @@ def _loss_name_and_logits(loss) -> tuple[str, bool | None]:
     if isinstance(loss, str):
         return loss, None
     if isinstance(loss, keras.losses.Loss):
-        config = loss.get_config()
-        name = getattr(loss, "fn", None)
-        name = getattr(name, "__name__", None) or keras.utils.to_snake_case(type(loss).__name__)
-        return name, config.get("from_logits")
+        # Keras' built-in losses wrap a function (BinaryCrossentropy.fn = binary_crossentropy).
+        name = getattr(getattr(loss, "fn", None), "__name__", None) or loss.name
+        return name, loss.get_config().get("from_logits")
     return getattr(loss, "__name__", ""), None
 
 

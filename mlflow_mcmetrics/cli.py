@@ -1,13 +1,21 @@
-"""The ``mcmetrics`` command and the MLproject's entry points."""
+"""The ``mcmetrics`` command; its subcommands are also the MLproject's entry points.
+
+    mcmetrics train       --dataset digits --loss logit_adjusted      (entry point main)
+    mcmetrics compare-losses --losses cce,focal --seeds 2             (entry point compare)
+    mcmetrics sequence    --epochs 10                                 (entry point sequence)
+    mcmetrics multilabel  --loss weighted_bce                         (entry point multilabel)
+    mcmetrics compare     --experiment NAME                           (from existing runs)
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
-__all__ = ["build_cnn", "main", "train"]
+__all__ = ["build_cnn", "compare_experiment", "compare_losses", "main", "multilabel", "sequence", "train"]
+
+MULTICLASS_LOSSES = ("cce", "weighted_cce", "focal", "class_balanced", "logit_adjusted", "ldam")
 
 
 def build_cnn(input_shape: Sequence[int], num_classes: int, seed: int):
@@ -16,65 +24,229 @@ def build_cnn(input_shape: Sequence[int], num_classes: int, seed: int):
 
     keras.utils.set_random_seed(seed)
     layers = [keras.Input(tuple(input_shape)), keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-              keras.layers.MaxPooling2D()]
-    layers.append(keras.layers.Conv2D(64, 3, padding="same", activation="relu"))
+              keras.layers.MaxPooling2D(), keras.layers.Conv2D(64, 3, padding="same", activation="relu")]
     if min(input_shape[:2]) >= 16:
         layers.append(keras.layers.MaxPooling2D())
     layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(num_classes)]
     return keras.Sequential(layers, name="imbalanced_cnn")
 
 
+def _check_choices(loss_names: Sequence[str], dataset: str) -> None:
+    """Unknown loss or dataset names fail at once, listing the valid choices."""
+    from mlflow_mcmetrics.datasets import check_dataset_name
+
+    valid = (*MULTICLASS_LOSSES, "balanced_softmax")
+    unknown = [name for name in loss_names if name not in valid]
+    if unknown or not loss_names:
+        raise ValueError(f"Unknown loss {', '.join(map(repr, unknown)) or '(none given)'}; choose from {', '.join(valid)}.")
+    check_dataset_name(dataset)
+
+
+def _log_missing_params(params: dict) -> None:
+    """Log ``params`` not already in the active run (``mlflow run`` logs the entry point's
+    parameters itself, as the text it was given, and a param cannot change)."""
+    import mlflow
+
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({key: value for key, value in params.items() if key not in logged})
+
+
+def _test_scores(model, x_test, y_test, class_names, prefix="test_") -> dict[str, float]:
+    """Evaluate on the test split through the model's own metric and log ``test_*`` values."""
+    import mlflow
+
+    from mlflow_mcmetrics import functional
+    from mlflow_mcmetrics.callback import epoch_values, find_metric
+    from mlflow_mcmetrics.naming import class_key_components
+
+    model.evaluate(x_test, y_test, verbose=0)
+    metric = find_metric(model)
+    state, _ = metric.state()  # evaluate() left the test split's state in the metric
+    scores = functional.classification_scores(state, labels=metric.scored_labels, zero_division=metric.zero_division)
+    values = epoch_values(scores, metric.scored_labels, class_key_components(class_names), prefix)
+    mlflow.log_metrics(values)
+    return values
+
+
 def train(
     dataset: str = "digits",
+    loss: str = "cce",
     imbalance_ratio: float = 20.0,
     epochs: int = 60,
     batch_size: int = 32,
     learning_rate: float = 3e-3,
     seed: int = 0,
     verbose: int = 2,
-) -> str:
-    """Train the imbalanced CNN with ``mlflow_mcmetrics.autolog()`` on; returns the run id."""
+) -> tuple[str, dict[str, float]]:
+    """Train the imbalanced CNN with ``mlflow_mcmetrics.autolog()`` on.
+
+    Runs inside the active run if there is one (``mlflow run``), as a child run inside a
+    parent (``compare``), else in a new run. Returns ``(run_id, test values)``.
+    """
+    from mlflow_mcmetrics import datasets
+
+    _check_choices([loss], dataset)  # fail before TensorFlow is imported
     import keras
     import mlflow
     import numpy as np
 
     import mlflow_mcmetrics
-    from mlflow_mcmetrics import datasets, functional
-    from mlflow_mcmetrics.callback import epoch_values, find_metric
-    from mlflow_mcmetrics.naming import class_key_components
+    from mlflow_mcmetrics import losses
 
     data = datasets.load(dataset, imbalance_ratio=imbalance_ratio, seed=seed)
     counts = np.bincount(data.y_train, minlength=data.num_classes)
     print(f"{dataset}: train class counts {counts.tolist()} (ratio {imbalance_ratio:g}), "
-          f"val {len(data.y_val)}, test {len(data.y_test)}", flush=True)
+          f"val {len(data.y_val)}, test {len(data.y_test)}; loss {loss}", flush=True)
 
+    callbacks = []
+    if loss == "ldam":  # Cao et al.'s schedule: re-weighting from 80% of training on
+        loss_object = losses.get(loss, counts, drw_start_epoch=int(0.8 * epochs))
+        callbacks.append(losses.DeferredReweighting(loss_object))
+    else:
+        loss_object = losses.get(loss, counts)
     mlflow_mcmetrics.autolog(class_names=data.class_names)
     model = build_cnn(data.x_train.shape[1:], data.num_classes, seed)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    with mlflow.start_run() as run:
-        params = {"dataset": dataset, "imbalance_ratio": imbalance_ratio, "epochs": epochs,
-                  "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed}
-        # `mlflow run` has logged the entry point's parameters already, as the text it was given.
-        logged = mlflow.get_run(run.info.run_id).data.params
-        mlflow.log_params({key: value for key, value in params.items() if key not in logged})
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss_object, metrics=["accuracy"])
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(nested=nested, run_name=f"{loss} seed {seed}" if nested else None) as run:
+        _log_missing_params({"dataset": dataset, "loss": loss, "imbalance_ratio": imbalance_ratio, "epochs": epochs,
+                             "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed})
         mlflow.log_dict(dict(zip(data.class_names, counts.tolist())), "train_class_counts.json")
         model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
-                  epochs=epochs, batch_size=batch_size, verbose=verbose)
-        model.evaluate(data.x_test, data.y_test, verbose=0)
-        metric = find_metric(model)
-        state, _ = metric.state()  # evaluate() left the test split's state in the metric
-        labels = metric.scored_labels
-        scores = functional.classification_scores(state, labels=labels, zero_division=metric.zero_division)
-        test = epoch_values(scores, labels, class_key_components(data.class_names), "test_")
-        mlflow.log_metrics(test)
-        print(f"test macro F1 {test['test_f1_macro']:.3f}; per class "
-              + json.dumps({n: round(test[f'test_f1/{k}'], 3)
-                            for n, k in zip(data.class_names, class_key_components(data.class_names))}),
-              flush=True)
+                  epochs=epochs, batch_size=batch_size, verbose=verbose, callbacks=callbacks)
+        test = _test_scores(model, data.x_test, data.y_test, data.class_names)
+        print(f"{loss}: test macro F1 {test['test_f1_macro']:.3f}", flush=True)
+        return run.info.run_id, test
+
+
+def _log_comparison(table: dict, title: str) -> None:
+    import mlflow
+
+    from mlflow_mcmetrics import plots, report
+
+    mlflow.log_text(report.comparison_to_csv(table), "comparison/comparison.csv")
+    mlflow.log_text(report.comparison_to_markdown(table), "comparison/comparison.md")
+    mlflow.log_figure(plots.plot_comparison(table, title=title), "comparison/comparison.png")
+
+
+def compare_losses(
+    losses_to_compare: Sequence[str] = MULTICLASS_LOSSES,
+    seeds: int = 1,
+    dataset: str = "digits",
+    imbalance_ratio: float = 20.0,
+    epochs: int = 60,
+    batch_size: int = 32,
+    learning_rate: float = 3e-3,
+) -> dict:
+    """Train once per loss and seed as child runs of one parent run, and log to the parent a
+    table (CSV, Markdown) and a plot of per-class and macro F1 on the test split per loss."""
+    from mlflow_mcmetrics import datasets
+
+    _check_choices(losses_to_compare, dataset)
+    import mlflow
+
+    from mlflow_mcmetrics import report
+    from mlflow_mcmetrics.naming import class_key_components
+
+    class_names = datasets.load(dataset, imbalance_ratio=imbalance_ratio, seed=0).class_names
+    results = []
+    with mlflow.start_run():
+        _log_missing_params({"losses": ",".join(losses_to_compare), "seeds": seeds, "dataset": dataset,
+                             "imbalance_ratio": imbalance_ratio, "epochs": epochs})
+        for seed in range(seeds):
+            for name in losses_to_compare:
+                _, test = train(dataset, name, imbalance_ratio, epochs, batch_size, learning_rate, seed, verbose=0)
+                results.append((name, test))
+        table = report.comparison_table(results, class_key_components(class_names), "test_")
+        _log_comparison(table, f"{dataset}, imbalance ratio {imbalance_ratio:g}: test F1 per class, {seeds} seed(s)")
+    print(report.comparison_to_markdown(table), flush=True)
+    return table
+
+
+def compare_experiment(experiment: str, output: str = "comparison", group_by: str = "loss") -> dict:
+    """The comparison table and plot from an experiment's finished runs that carry
+    mlflow-mcmetrics metrics (test split if every run has it, else validation), grouped by
+    the ``group_by`` param (runs without it: by run name). Written to ``output/``."""
+    from pathlib import Path
+
+    import mlflow
+
+    from mlflow_mcmetrics import plots, report
+
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        raise SystemExit(f"No experiment named {experiment!r} at {mlflow.get_tracking_uri()}.")
+    runs = [run for run in mlflow.search_runs([found.experiment_id], output_format="list")
+            if any(key.endswith("f1_macro") for key in run.data.metrics) and "/" in "".join(run.data.metrics)]
+    prefix = next((p for p in ("test_", "val_", "") if runs and all(f"{p}f1_macro" in r.data.metrics for r in runs)), None)
+    if prefix is None:
+        raise SystemExit(f"No runs with mlflow-mcmetrics metrics in experiment {experiment!r}.")
+    labels = mlflow.artifacts.load_dict(f"runs:/{runs[0].info.run_id}/mcmetrics/labels.json")
+    class_keys = [entry["key"] for entry in labels["labels"] if entry["index"] != labels.get("ignore_class")]
+    results = [(run.data.params.get(group_by, run.info.run_name), run.data.metrics)
+               for run in sorted(runs, key=lambda r: r.info.start_time)]
+    table = report.comparison_table(results, class_keys, prefix)
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "comparison.csv").write_text(report.comparison_to_csv(table))
+    (folder / "comparison.md").write_text(report.comparison_to_markdown(table))
+    plots.plot_comparison(table, title=f"{experiment}: {prefix}F1 per class").savefig(folder / "comparison.png", dpi=100)
+    print(report.comparison_to_markdown(table), flush=True)
+    print(f"wrote {folder}/comparison.csv, comparison.md, comparison.png", flush=True)
+    return table
+
+
+def sequence(epochs: int = 10, seed: int = 0) -> str:
+    """Seed 001: an LSTM tagger on zero-padded sequences with ``mask_zero=True``; padding tag
+    0 is left out of every metric (``ignore_class=0``)."""
+    import keras
+    import mlflow
+
+    import mlflow_mcmetrics
+    from mlflow_mcmetrics import datasets
+
+    tokens, tags = datasets.padded_sequences(seed=seed)
+    num_tags = int(tags.max()) + 1
+    split = int(0.8 * len(tokens))
+    mlflow_mcmetrics.autolog(class_names=["<pad>", *(f"tag {t}" for t in range(1, num_tags))], ignore_class=0)
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((tokens.shape[1],)),
+        keras.layers.Embedding(int(tokens.max()) + 1, 32, mask_zero=True),
+        keras.layers.Bidirectional(keras.layers.LSTM(32, return_sequences=True)),
+        keras.layers.Dense(num_tags, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    with mlflow.start_run() as run:
+        model.fit(tokens[:split], tags[:split], validation_data=(tokens[split:], tags[split:]),
+                  epochs=epochs, batch_size=64, verbose=2)
+        return run.info.run_id
+
+
+def multilabel(loss: str = "weighted_bce", epochs: int = 10, seed: int = 0) -> str:
+    """Seed 004: 30 sparse labels; ``weighted_bce`` (per-label ``pos_weight``) or ``bce``."""
+    import keras
+    import mlflow
+
+    import mlflow_mcmetrics
+    from mlflow_mcmetrics import datasets, losses
+
+    x, y = datasets.sparse_multilabel(seed=seed)
+    split = int(0.8 * len(x))
+    if loss == "weighted_bce":
+        loss_object = losses.get("weighted_bce", y[:split].sum(0) + 1, num_samples=split)
+    elif loss == "bce":
+        loss_object = keras.losses.BinaryCrossentropy(from_logits=True)
+    else:
+        raise ValueError(f"Unknown loss {loss!r} for the multilabel scenario; choose weighted_bce or bce.")
+    mlflow_mcmetrics.autolog(task="multilabel", class_names=[f"label {i}" for i in range(y.shape[1])])
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((y.shape[1],)), keras.layers.Dense(100, activation="relu"),
+                              keras.layers.Dense(100, activation="relu"), keras.layers.Dense(y.shape[1])])
+    model.compile(optimizer="adam", loss=loss_object)
+    with mlflow.start_run() as run:
+        _log_missing_params({"loss": loss, "epochs": epochs, "seed": seed})
+        model.fit(x[:split], y[:split], validation_data=(x[split:], y[split:]), epochs=epochs, batch_size=64, verbose=2)
         return run.info.run_id
 
 
@@ -86,21 +258,57 @@ def _count(text: str) -> int:
     return int(value)
 
 
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="digits", help="digits (embedded), fashion_mnist, cifar10 or npz:PATH")
+    parser.add_argument("--imbalance-ratio", type=float, default=20.0, help="largest / smallest training class")
+    parser.add_argument("--epochs", type=_count, default=60)
+    parser.add_argument("--batch-size", type=_count, default=32)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mcmetrics", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mcmetrics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    train_parser = commands.add_parser("train", help="train the imbalanced CNN (the MLproject's main entry)")
-    train_parser.add_argument("--dataset", default="digits",
-                              help="digits (embedded), fashion_mnist, cifar10 or npz:PATH")
-    train_parser.add_argument("--imbalance-ratio", type=float, default=20.0,
-                              help="largest / smallest training class (1 = as loaded)")
-    train_parser.add_argument("--epochs", type=_count, default=60)
-    train_parser.add_argument("--batch-size", type=_count, default=32)
-    train_parser.add_argument("--learning-rate", type=float, default=3e-3)
+
+    train_parser = commands.add_parser("train", help="train the imbalanced CNN (MLproject entry point main)")
+    _add_training_arguments(train_parser)
+    train_parser.add_argument("--loss", default="cce", help=f"one of {', '.join(MULTICLASS_LOSSES)}, balanced_softmax")
     train_parser.add_argument("--seed", type=_count, default=0)
+
+    losses_parser = commands.add_parser("compare-losses", help="train once per loss and seed, compare (entry point compare)")
+    _add_training_arguments(losses_parser)
+    losses_parser.add_argument("--losses", default=",".join(MULTICLASS_LOSSES), help="comma-separated loss names")
+    losses_parser.add_argument("--seeds", type=_count, default=1)
+
+    compare_parser = commands.add_parser("compare", help="compare the runs of an existing experiment")
+    compare_parser.add_argument("--experiment", required=True)
+    compare_parser.add_argument("--output", default="comparison", help="folder for comparison.csv/.md/.png")
+    compare_parser.add_argument("--group-by", default="loss", help="run param that names a group (default: loss)")
+
+    sequence_parser = commands.add_parser("sequence", help="padded sequence tagger (seed 001)")
+    sequence_parser.add_argument("--epochs", type=_count, default=10)
+    sequence_parser.add_argument("--seed", type=_count, default=0)
+
+    multilabel_parser = commands.add_parser("multilabel", help="30 sparse labels with weighted BCE (seed 004)")
+    multilabel_parser.add_argument("--loss", default="weighted_bce", help="weighted_bce or bce")
+    multilabel_parser.add_argument("--epochs", type=_count, default=10)
+    multilabel_parser.add_argument("--seed", type=_count, default=0)
+
     args = parser.parse_args(argv)
-    if args.command == "train":
-        train(args.dataset, args.imbalance_ratio, args.epochs, args.batch_size, args.learning_rate, args.seed)
+    try:
+        if args.command == "train":
+            train(args.dataset, args.loss, args.imbalance_ratio, args.epochs, args.batch_size, args.learning_rate, args.seed)
+        elif args.command == "compare-losses":
+            compare_losses([name.strip() for name in args.losses.split(",") if name.strip()], args.seeds, args.dataset,
+                           args.imbalance_ratio, args.epochs, args.batch_size, args.learning_rate)
+        elif args.command == "compare":
+            compare_experiment(args.experiment, args.output, args.group_by)
+        elif args.command == "sequence":
+            sequence(args.epochs, args.seed)
+        else:
+            multilabel(args.loss, args.epochs, args.seed)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        parser.exit(2, f"mcmetrics {args.command}: error: {error}\n")
     return 0
 
 

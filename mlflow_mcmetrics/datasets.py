@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DATASETS", "Splits", "load", "long_tail", "long_tail_counts"]
+__all__ = ["DATASETS", "Splits", "check_dataset_name", "load", "long_tail", "long_tail_counts", "padded_sequences", "sparse_multilabel"]
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "npz:PATH")
 
@@ -120,19 +120,56 @@ def _npz(path):
             x_test, y_test, names)
 
 
+def check_dataset_name(name: str) -> None:
+    """A ValueError listing the choices for an unknown dataset name."""
+    if name not in ("digits", "fashion_mnist", "cifar10") and not name.startswith("npz:"):
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+
+
 def load(name: str, *, imbalance_ratio: float = 1.0, seed: int = 0) -> Splits:
     """Load ``digits`` (embedded), ``fashion_mnist``/``cifar10`` (``keras.datasets``) or
     ``npz:PATH`` (arrays ``x_train, y_train, x_val, y_val`` and optionally ``x_test, y_test,
     class_names``), with the training split made long-tailed by ``imbalance_ratio``."""
+    check_dataset_name(name)
     if name == "digits":
         parts = _digits(seed)
-    elif name in ("fashion_mnist", "cifar10"):
-        parts = _keras_dataset(name, seed)
     elif name.startswith("npz:"):
         parts = _npz(name[4:])
     else:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+        parts = _keras_dataset(name, seed)
     x_train, y_train, *rest, names = parts
     if imbalance_ratio > 1:
         x_train, y_train = long_tail(x_train, y_train, imbalance_ratio, seed)
     return Splits(x_train, y_train, *rest, class_names=names)
+
+
+def padded_sequences(num_sequences: int = 800, *, num_tags: int = 6, vocabulary: int = 50, max_length: int = 20,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-padded token sequences and their tags (tag 0 = padding), long-tailed tags.
+
+    A token's tag is a function of the token and its predecessor, with tags 1..num_tags-1
+    drawn on an exponential profile (tag 1 common, the last rare). Returns ``(tokens, tags)``,
+    both ``(num_sequences, max_length)`` int arrays.
+    """
+    rng = np.random.default_rng(seed)
+    profile = 2.0 ** -np.arange(num_tags - 1)
+    token_tag = 1 + rng.choice(num_tags - 1, size=vocabulary, p=profile / profile.sum())
+    tokens = rng.integers(1, vocabulary, (num_sequences, max_length))
+    tags = token_tag[tokens]
+    follows_rare = np.roll(tags, 1, axis=1) == num_tags - 1
+    tags = np.where(follows_rare & (tags == 1), num_tags - 1, tags)
+    lengths = rng.integers(max(2, max_length // 4), max_length + 1, num_sequences)
+    padding = np.arange(max_length)[None, :] >= lengths[:, None]
+    tokens[padding] = 0
+    tags[padding] = 0
+    return tokens, tags
+
+
+def sparse_multilabel(num_samples: int = 6000, *, num_labels: int = 30, signal: float = 0.6,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seed 004's data: about one positive of ``num_labels`` per sample, and features where a
+    positive label shows up with probability ``signal`` (plus noise). Returns ``(x, y)``."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((num_samples, num_labels)) < 1.0 / num_labels).astype("float32")
+    x = (y * (rng.random(y.shape) < signal) + rng.normal(0, 0.1, y.shape)).astype("float32")
+    return x, y

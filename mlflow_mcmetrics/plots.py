@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "figure_to_array",
+    "plot_comparison",
     "plot_confusion_matrix",
     "plot_f1_by_epoch",
     "plot_pr_curves",
@@ -181,4 +182,34 @@ def plot_f1_by_epoch(f1: np.ndarray, class_names: Sequence[str], *, title: str =
     epoch_step = max(1, int(np.ceil(num_epochs / 20)))
     axis.set_xticks(np.arange(0, num_epochs, epoch_step))
     axis.set_title(title)
+    return figure
+
+
+def plot_comparison(table: dict, *, title: str = "F1 per class by loss") -> Figure:
+    """Grouped bars of per-class F1 (mean ± std over runs) for each group of a
+    :func:`mlflow_mcmetrics.report.comparison_table`, and macro F1 beside them."""
+    classes, rows = table["classes"], table["rows"]
+    figure = Figure(figsize=(min(18.0, 3 + 0.9 * len(classes)), 4.5), layout="constrained")
+    per_class_axis, macro_axis = figure.subplots(1, 2, width_ratios=[max(len(classes), 3), 2])
+    width = 0.8 / max(len(rows), 1)
+    positions = np.arange(len(classes))
+    for index, row in enumerate(rows):
+        means = [row["f1"][c][0] for c in classes]
+        stds = [row["f1"][c][1] for c in classes]
+        per_class_axis.bar(positions + (index - (len(rows) - 1) / 2) * width, means, width, yerr=stds,
+                           label=row["group"], capsize=2)
+        macro_axis.bar(index, row["f1_macro"][0], yerr=row["f1_macro"][1], capsize=3, color=f"C{index}")
+    per_class_axis.set_xticks(positions, [str(c)[:12] for c in classes], rotation=45 if len(classes) > 10 else 0)
+    per_class_axis.set_ylim(0, 1.05)
+    per_class_axis.set_ylabel(f"{table['prefix']}F1")
+    per_class_axis.set_xlabel("class (head → tail)")
+    per_class_axis.legend(fontsize=8, ncols=min(4, len(rows)))
+    if table["tail_classes"]:
+        first_tail = classes.index(table["tail_classes"][0])
+        per_class_axis.axvspan(first_tail - 0.5, len(classes) - 0.5, color="grey", alpha=0.12, lw=0)
+        per_class_axis.text(first_tail - 0.4, 1.0, "tail", fontsize=8, color="grey")
+    macro_axis.set_xticks(range(len(rows)), [row["group"] for row in rows], rotation=45, ha="right")
+    macro_axis.set_ylim(0, 1.05)
+    macro_axis.set_title("macro F1")
+    figure.suptitle(title)
     return figure

@@ -16,6 +16,9 @@ from mlflow_mcmetrics import functional
 
 __all__ = [
     "classification_report",
+    "comparison_table",
+    "comparison_to_csv",
+    "comparison_to_markdown",
     "confusion_matrix_payload",
     "most_confused_pairs",
     "operating_points",
@@ -172,3 +175,64 @@ def operating_points(state: functional.ClassificationState, labels: Sequence[int
         state.confusion_matrix, labels=labels, zero_division=zero_division
     )
     return np.stack([recall, precision], axis=1)
+
+
+def comparison_table(
+    results: Sequence[tuple[str, dict[str, float]]], class_keys: Sequence[str], prefix: str, tail: int = 3
+) -> dict:
+    """Per-class F1 and macro F1 of several runs, grouped (e.g. by loss): mean and std.
+
+    Args:
+        results: ``(group, metrics)`` per run; ``metrics`` holds ``{prefix}f1/{class}`` and
+            ``{prefix}f1_macro``.
+        class_keys: the class key components, in the order to show (head classes first).
+        prefix: ``"test_"``, ``"val_"`` or ``""``.
+        tail: how many of the last classes make the "tail" column.
+
+    Returns:
+        ``{"prefix", "classes", "tail_classes", "rows": [{"group", "runs", "f1_macro":
+        [mean, std], "tail_f1": [mean, std], "f1": {class: [mean, std]}}]}``, groups in
+        first-seen order.
+    """
+    groups: dict[str, list[dict[str, float]]] = {}
+    for group, metrics in results:
+        groups.setdefault(group, []).append(metrics)
+    tail_classes = list(class_keys[-tail:])
+    rows = []
+    for group, runs in groups.items():
+        per_class = {c: np.array([m[f"{prefix}f1/{c}"] for m in runs]) for c in class_keys}
+        macro = np.array([m[f"{prefix}f1_macro"] for m in runs])
+        tail_f1 = np.mean([per_class[c] for c in tail_classes], axis=0)
+        rows.append({
+            "group": group,
+            "runs": len(runs),
+            "f1_macro": [float(macro.mean()), float(macro.std())],
+            "tail_f1": [float(tail_f1.mean()), float(tail_f1.std())],
+            "f1": {c: [float(v.mean()), float(v.std())] for c, v in per_class.items()},
+        })
+    return {"prefix": prefix, "classes": list(class_keys), "tail_classes": tail_classes, "rows": rows}
+
+
+def comparison_to_csv(table: dict) -> str:
+    columns = ["group", "runs", "f1_macro", "f1_macro_std", "tail_f1", "tail_f1_std"]
+    columns += [f"f1/{c}{suffix}" for c in table["classes"] for suffix in ("", "_std")]
+    lines = [",".join(columns)]
+    for row in table["rows"]:
+        cells = [row["group"], str(row["runs"]), *map(str, row["f1_macro"]), *map(str, row["tail_f1"])]
+        cells += [str(v) for c in table["classes"] for v in row["f1"][c]]
+        lines.append(",".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def comparison_to_markdown(table: dict) -> str:
+    def cell(mean_std):
+        mean, std = mean_std
+        return f"{mean:.3f}" if std == 0 else f"{mean:.3f} ± {std:.3f}"
+
+    header = ["loss", "runs", "macro F1", f"tail-{len(table['tail_classes'])} F1", *table["classes"]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table["rows"]:
+        cells = [row["group"], str(row["runs"]), cell(row["f1_macro"]), cell(row["tail_f1"])]
+        cells += [cell(row["f1"][c]) for c in table["classes"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

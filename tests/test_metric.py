@@ -1,12 +1,13 @@
 """ClassificationMetrics (the Keras metric) on arrays: its state equals the NumPy reference
-and scikit-learn, for every supported layout, eagerly and under XLA."""
+and scikit-learn, for every supported layout, eagerly and under XLA.
+
+Backend-agnostic: also run with KERAS_BACKEND=jax (on a GPU too)."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from sklearn import metrics as skm
 
 from mlflow_mcmetrics import ClassificationMetrics
@@ -141,14 +142,38 @@ def test_invalid_labels_and_nonfinite_predictions_are_counted_not_scored():
     np.testing.assert_array_equal(np.diagonal(state.confusion_matrix)[:2], [1, 1])
 
 
-def test_xla_and_tf_function_give_the_eager_state():
+def compiled_update(metric):
+    """The backend's XLA-compiled update: tf.function(jit_compile=True), or jax.jit of the
+    metric's stateless update."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(metric.update_state, jit_compile=True)
+    if backend == "jax":
+        import jax
+
+        step = jax.jit(metric.stateless_update_state)
+
+        def update(y_true, y_pred):
+            values = step([variable.value for variable in metric.variables], y_true, y_pred)
+            for variable, value in zip(metric.variables, values):
+                variable.assign(value)
+
+        return update
+    pytest.skip(f"no XLA-compiled update on the {backend} backend")
+
+
+def test_xla_compiled_update_gives_the_eager_state():
     eager = ClassificationMetrics(C, pr_thresholds=BINS)
     compiled = ClassificationMetrics(C, pr_thresholds=BINS)
-    step = tf.function(compiled.update_state, jit_compile=True)
-    for start in range(0, N, 64):
+    step = compiled_update(compiled)
+    starts = range(0, N - 64, 64)  # equal batch shapes: one trace
+    for start in starts:
         eager.update_state(LABELS[start : start + 64], PROBS[start : start + 64])
-        step(tf.constant(LABELS[start : start + 64]), tf.constant(PROBS[start : start + 64]))
+        step(LABELS[start : start + 64], PROBS[start : start + 64])
     assert_states_equal(compiled.state()[0], eager.state()[0])
+    assert compiled.state()[0].confusion_matrix.sum() == 64 * len(starts)
 
 
 def test_reset_and_config_round_trip():
