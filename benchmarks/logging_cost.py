@@ -53,6 +53,7 @@ def main() -> None:
     from mlflow_mcmetrics import datasets, functional
     from mlflow_mcmetrics.cli import build_cnn
     from mlflow_mcmetrics.metrics import DEFAULT_PR_THRESHOLDS, ClassificationMetrics
+    from mlflow_mcmetrics.outbox import Outbox
 
     data = datasets.load("digits", imbalance_ratio=20, seed=0)
     model = build_cnn(data.x_train.shape[1:], 10, seed=0)
@@ -79,6 +80,7 @@ def main() -> None:
         states = {split: _state(num_classes, samples, DEFAULT_PR_THRESHOLDS, rng) for split in ("train", "val")}
         with mlflow.start_run() as run:
             callback._client, callback._run_id = mlflow.MlflowClient(), run.info.run_id
+            callback._outbox = Outbox(run.info.run_id, callback._client)
             step = iter(range(10**6))
 
             def metrics():
@@ -87,8 +89,8 @@ def main() -> None:
                 for split, split_scores in scores.items():
                     values.update(callback_module.epoch_values(
                         split_scores, metric.scored_labels, callback.class_keys, callback_module._SPLIT_PREFIXES[split]))
-                callback._client.log_batch(callback._run_id, metrics=[
-                    callback_module.Metric(k, v, 0, next(step)) for k, v in values.items()])
+                epoch = next(step)
+                callback._outbox.put({"kind": "metrics", "metrics": [[k, v, 0, epoch] for k, v in values.items()]})
                 return scores, values
 
             scores, values = metrics()

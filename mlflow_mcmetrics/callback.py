@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import io
 import dataclasses
 import json
 import time
@@ -14,13 +16,12 @@ import keras
 import mlflow
 import numpy as np
 from matplotlib.figure import Figure
-from mlflow.entities import Metric
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_mcmetrics import functional, plots, report
 from mlflow_mcmetrics.metrics import ClassificationMetrics
 from mlflow_mcmetrics.naming import class_key_components, metric_key
+from mlflow_mcmetrics.outbox import Outbox, bounded_http
 
 __all__ = ["ARTIFACT_DIR", "MCMetricsCallback", "epoch_values", "find_metric", "first_classification_metric"]
 
@@ -129,6 +130,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self.history: dict[str, list[float]] = defaultdict(list)
         self.class_keys: list[str] = []
         self._client: MlflowClient | None = None
+        self._outbox: Outbox | None = None
         self._run_id: str | None = None
         self._owned_run = None
         self._train_state: functional.ClassificationState | None = None
@@ -180,22 +182,16 @@ class MCMetricsCallback(keras.callbacks.Callback):
             "mcmetrics.ignore_class": metric.ignore_class,
             "mcmetrics.pr_thresholds": metric.pr_thresholds,
         }
-        try:
-            for key, value in params.items():
-                self._client.log_param(self._run_id, key, value)
-        except MlflowException as error:  # params are immutable: a second fit() into one run
-            warnings.warn(f"mlflow_mcmetrics kept the run's earlier params: {error.message}", stacklevel=2)
-        self._client.log_dict(
-            self._run_id,
-            {
-                "labels": [
-                    {"index": index, "name": name, "key": key}
-                    for index, (name, key) in enumerate(zip(self.class_names, self.class_keys))
-                ],
-                "ignore_class": metric.ignore_class,
-            },
-            f"{ARTIFACT_DIR}/labels.json",
-        )
+        self._outbox = Outbox(self._run_id, self._client)
+        self._outbox.put({"kind": "params", "params": {key: str(value) for key, value in params.items()}})
+        labels = {
+            "labels": [
+                {"index": index, "name": name, "key": key}
+                for index, (name, key) in enumerate(zip(self.class_names, self.class_keys))
+            ],
+            "ignore_class": metric.ignore_class,
+        }
+        self._outbox.put({"kind": "text", "artifact_file": f"{ARTIFACT_DIR}/labels.json", "text": json.dumps(labels, indent=2)})
         self._renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mcmetrics-render")
 
     # -- per epoch ---------------------------------------------------------------------------
@@ -228,10 +224,9 @@ class MCMetricsCallback(keras.callbacks.Callback):
             return
         if self.skip_keras_logs and logs:
             values = {key: value for key, value in values.items() if key not in logs}
-        self._client.log_batch(
-            self._run_id,
-            metrics=[Metric(key, value, int(time.time() * 1000), epoch) for key, value in values.items()],
-        )
+        self._outbox.flush()  # retry what an outage left queued, once per epoch
+        timestamp = int(time.time() * 1000)
+        self._outbox.put({"kind": "metrics", "metrics": [[key, value, timestamp, epoch] for key, value in values.items()]})
         if epoch % self.log_every_n_epochs == 0:
             self._log_epoch_json(result)
             idle = self._rendering is None or self._rendering.done()
@@ -263,8 +258,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
 
     # -- artifacts ---------------------------------------------------------------------------
     def _log_json(self, payload: dict, artifact_file: str) -> None:
-        # log_dict indents (a 1000-class matrix becomes 11 MB); compact JSON is 5x smaller.
-        self._client.log_text(self._run_id, json.dumps(payload, separators=(",", ":")), artifact_file)
+        # Compact: indented, a 1000-class matrix is 11 MB instead of 2.
+        self._outbox.put({"kind": "text", "artifact_file": artifact_file, "text": json.dumps(payload, separators=(",", ":"))})
 
     def _log_epoch_json(self, result: "_EpochResult") -> None:
         folder = f"{ARTIFACT_DIR}/epochs/{result.epoch:04d}"
@@ -314,8 +309,12 @@ class MCMetricsCallback(keras.callbacks.Callback):
         started = time.monotonic()
         prefix = _SPLIT_PREFIXES[result.report_split]
         images = {stem: plots.figure_to_array(figure) for stem, figure in self._figures(result).items()}
-        for stem, image in images.items():
-            self._client.log_image(self._run_id, image, key=f"{prefix}{stem}", step=result.epoch, synchronous=True)
+        try:
+            with bounded_http():
+                for stem, image in images.items():
+                    self._client.log_image(self._run_id, image, key=f"{prefix}{stem}", step=result.epoch, synchronous=True)
+        except Exception as error:  # noqa: BLE001 - stepped images are best effort; values are not
+            warnings.warn(f"mlflow_mcmetrics skipped epoch {result.epoch}'s images: {error}", stacklevel=2)
         finished = time.monotonic()
         self._next_render = finished + (finished - started) * (1 / RENDER_TIME_SHARE - 1)
         result.images = images
@@ -325,36 +324,43 @@ class MCMetricsCallback(keras.callbacks.Callback):
         """The last finished epoch: its per-epoch artifacts if not logged yet, the PNGs, reports."""
         if not result.json_logged:
             self._log_epoch_json(result)
-        for stem, image in (result.images or self._log_epoch_images(result)).items():
-            self._client.log_image(self._run_id, image, artifact_file=f"{ARTIFACT_DIR}/{stem}.png")
+        images = dict(result.images or self._log_epoch_images(result))
         split = result.report_split
         names = [self.class_names[label] for label in self.metric.scored_labels]
-        self._client.log_figure(
-            self._run_id,
-            plots.plot_f1_by_epoch(np.stack(self._f1_by_epoch[split]), names, title=f"F1 by class and epoch ({split})"),
-            f"{ARTIFACT_DIR}/f1_by_epoch.png",
+        images["f1_by_epoch"] = plots.figure_to_array(
+            plots.plot_f1_by_epoch(np.stack(self._f1_by_epoch[split]), names, title=f"F1 by class and epoch ({split})")
         )
+        for stem, image in images.items():
+            self._outbox.put({"kind": "png", "artifact_file": f"{ARTIFACT_DIR}/{stem}.png", "png": _png_base64(image)})
         document = report.classification_report(
             result.states[split], self.class_names, labels=self.metric.scored_labels,
             zero_division=self.metric.zero_division, scores=result.scores[split],
         )
         document.update(epoch=result.epoch, split=split)
-        self._client.log_text(self._run_id, report.to_json(document), f"{ARTIFACT_DIR}/classification_report.json")
-        self._client.log_text(
-            self._run_id,
-            report.to_markdown(document, title=f"Classification report — {split}, epoch {result.epoch}"),
-            f"{ARTIFACT_DIR}/classification_report.md",
-        )
+        self._outbox.put({"kind": "text", "artifact_file": f"{ARTIFACT_DIR}/classification_report.json",
+                          "text": report.to_json(document)})
+        markdown = report.to_markdown(document, title=f"Classification report — {split}, epoch {result.epoch}")
+        self._outbox.put({"kind": "text", "artifact_file": f"{ARTIFACT_DIR}/classification_report.md", "text": markdown})
 
     def on_train_end(self, logs=None):
         if self._renderer is not None:
             self._renderer.shutdown(wait=True)
             self._renderer = None
-        if self._client is not None and self._last_epoch is not None:
-            self._log_final_artifacts(self._last_epoch)
+        if self._client is not None:
+            if self._last_epoch is not None:
+                self._log_final_artifacts(self._last_epoch)
+            self._outbox.close()
         if self._owned_run is not None:
             mlflow.end_run()
             self._owned_run = None
+
+
+def _png_base64(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _restrict(confusion_matrix: np.ndarray, labels: Sequence[int]) -> np.ndarray:

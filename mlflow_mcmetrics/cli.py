@@ -5,6 +5,7 @@
     mcmetrics sequence    --epochs 10                                 (entry point sequence)
     mcmetrics multilabel  --loss weighted_bce                         (entry point multilabel)
     mcmetrics compare     --experiment NAME                           (from existing runs)
+    mcmetrics sync        --tracking-uri URI                          (replay the outage spool)
 """
 
 from __future__ import annotations
@@ -294,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     multilabel_parser.add_argument("--epochs", type=_count, default=10)
     multilabel_parser.add_argument("--seed", type=_count, default=0)
 
+    sync_parser = commands.add_parser("sync", help="send what an outage left in the spool folder")
+    sync_parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI / MLflow's default")
+    sync_parser.add_argument("--spool-dir", default="mcmetrics-spool")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -303,6 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                            args.imbalance_ratio, args.epochs, args.batch_size, args.learning_rate)
         elif args.command == "compare":
             compare_experiment(args.experiment, args.output, args.group_by)
+        elif args.command == "sync":
+            from mlflow_mcmetrics.outbox import sync
+
+            delivered = sync(args.tracking_uri, args.spool_dir)
+            for run_id, count in delivered.items():
+                print(f"run {run_id}: {count} record(s) delivered")
+            if not delivered:
+                print(f"nothing to send in {args.spool_dir}/")
         elif args.command == "sequence":
             sequence(args.epochs, args.seed)
         else:

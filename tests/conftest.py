@@ -39,39 +39,65 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class MlflowServer:
+    """A real ``mlflow server`` process (SQLite backend, local artifacts) on 127.0.0.1 that
+    can be killed and restarted on the same port and store."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> MlflowServer:
+        log = open(self.root / "server.log", "a")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server",
+                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination", str(self.root / "artifacts"),
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                raise RuntimeError(f"mlflow server did not start:\n{(self.root / 'server.log').read_text()}")
+            time.sleep(0.3)
+
+    def kill(self) -> None:
+        """SIGKILL the server and the workers it started (an outage, not a shutdown)."""
+        import signal
+
+        subprocess.run(["pkill", "-KILL", "-f", f"port {self.port}"], check=False)
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> str:
-    """A real ``mlflow server`` (SQLite backend, local artifacts) for the whole test run."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
-        time.sleep(0.5)
-    yield uri
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    """A real ``mlflow server`` for the whole test run."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server.uri
+    server.stop()
 
 
 @pytest.fixture

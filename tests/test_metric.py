@@ -186,26 +186,3 @@ def test_reset_and_config_round_trip():
     assert clone.get_config() == metric.get_config()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
     assert isinstance(restored, ClassificationMetrics) and restored.ignore_class == 2
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(num_classes=3, task="multi"), "Unknown task 'multi'"),
-        (dict(num_classes=1), "num_classes must be at least 2"),
-        (dict(num_classes=3, task="binary"), "task='binary' has num_classes=2"),
-        (dict(num_classes=3, threshold=1.0), r"threshold must be in \(0, 1\)"),
-        (dict(num_classes=3, pr_thresholds=-1), "pr_thresholds must be >= 0"),
-        (dict(num_classes=3, ignore_class=3), r"ignore_class must be a class index in \[0, 3\)"),
-        (dict(num_classes=3, zero_division="warn"), "zero_division must be 0.0, 1.0 or numpy.nan"),
-    ],
-)
-def test_bad_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        ClassificationMetrics(**kwargs)
-
-
-def test_wrong_output_width_is_explained():
-    metric = ClassificationMetrics(3)
-    with pytest.raises(ValueError, match=r"expects predictions whose last axis is 3, got shape \(4, 5\)"):
-        metric.update_state(np.zeros(4), np.zeros((4, 5), "float32"))

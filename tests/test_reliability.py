@@ -1,0 +1,150 @@
+"""Tracking-server outages, the spool and `mcmetrics sync`, concurrent trainings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+import mlflow_mcmetrics
+from conftest import MlflowServer
+from mlflow_mcmetrics import MCMetricsCallback
+
+pytestmark = pytest.mark.slow
+EPOCHS = 8
+
+
+class Outage(keras.callbacks.Callback):
+    """Kills the server at the start of epoch ``down``; restarts it at the start of ``up``."""
+
+    def __init__(self, server: MlflowServer, down: int, up: int | None):
+        super().__init__()
+        self.server, self.down, self.up = server, down, up
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.down:
+            self.server.kill()
+        if epoch == self.up:
+            self.server.start()
+
+
+@pytest.fixture
+def own_server(tmp_path, monkeypatch):
+    server = MlflowServer(tmp_path).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    mlflow.set_tracking_uri(server.uri)
+    monkeypatch.chdir(tmp_path)  # the spool folder lands here
+    yield server
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow_mcmetrics.autolog(disable=True)
+    server.stop()
+
+
+def fit_through_outage(digits, server, up):
+    x, y, xv, yv = digits
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=[mlflow_mcmetrics.ClassificationMetrics(10, pr_thresholds=64)])
+    callback = MCMetricsCallback(log_every_n_epochs=3)
+    run = mlflow.start_run()
+    with pytest.warns(UserWarning, match="could not reach the tracking server"):
+        model.fit(x, y, validation_data=(xv, yv), epochs=EPOCHS, batch_size=256, verbose=0,
+                  callbacks=[Outage(server, down=2, up=up), callback])
+    return run.info.run_id, callback
+
+
+def assert_every_step_logged_once(client, run_id, history):
+    for key in ("f1_macro", "val_f1_macro", "val_recall/3", "f1/9", "val_ap/0"):
+        logged = client.get_metric_history(run_id, key)
+        assert [m.step for m in logged] == list(range(EPOCHS)), key
+        assert [m.value for m in logged] == history[key], key
+
+
+def test_server_down_for_two_epochs_loses_nothing(own_server, digits):
+    run_id, callback = fit_through_outage(digits, own_server, up=4)
+    mlflow.end_run()
+    client = mlflow.MlflowClient()
+    assert_every_step_logged_once(client, run_id, callback.history)
+    # Artifacts queued during the outage arrived too (epoch 3's JSON was logged while down).
+    matrix = mlflow.artifacts.load_dict(f"runs:/{run_id}/mcmetrics/epochs/0003/val_confusion_matrix.json")
+    assert matrix["epoch"] == 3
+    assert not (own_server.root / "mcmetrics-spool").exists()  # everything was delivered: no spool
+
+
+def test_server_never_back_spools_and_sync_delivers_exactly_once(own_server, digits, tmp_path):
+    run_id, callback = fit_through_outage(digits, own_server, up=None)
+    spool = tmp_path / "mcmetrics-spool" / f"{run_id}.jsonl"
+    assert spool.exists()
+    kinds = [json.loads(line)["kind"] for line in spool.read_text().splitlines()]
+    assert kinds.count("metrics") == EPOCHS - 2 and "png" in kinds
+    own_server.start()
+    mlflow.end_run()
+
+    command = [sys.executable, "-m", "mlflow_mcmetrics.cli", "sync", "--tracking-uri", own_server.uri]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert f"run {run_id}: {len(kinds)} record(s) delivered" in first.stdout
+    assert not spool.exists()
+    client = mlflow.MlflowClient()
+    assert_every_step_logged_once(client, run_id, callback.history)
+    report = mlflow.artifacts.load_dict(f"runs:/{run_id}/mcmetrics/classification_report.json")
+    assert report["epoch"] == EPOCHS - 1
+
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "nothing to send" in second.stdout
+    assert_every_step_logged_once(client, run_id, callback.history)
+
+
+def test_replaying_a_spool_twice_logs_nothing_twice(own_server, tmp_path):
+    from mlflow_mcmetrics.outbox import _write_atomically, sync
+
+    with mlflow.start_run() as run:
+        pass
+    records = [{"kind": "metrics", "metrics": [["val_f1/a", 0.5, 1000, 0], ["val_f1/a", 0.7, 2000, 1]]},
+               {"kind": "text", "artifact_file": "mcmetrics/x.json", "text": "{}"}]
+    for _ in range(2):
+        _write_atomically(tmp_path / "spool" / f"{run.info.run_id}.jsonl", records)
+        assert sync(own_server.uri, tmp_path / "spool") == {run.info.run_id: 2}
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_f1/a")
+    assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.7)]
+
+
+WORKER = textwrap.dedent('''
+    import json, sys
+    import numpy as np, keras, mlflow, mlflow_mcmetrics
+    seed = int(sys.argv[1])
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(600, 8)).astype("float32")
+    y = (x[:, :3].argmax(1) + seed) % 3
+    callback = mlflow_mcmetrics.MCMetricsCallback(class_names=["a", "b", "c"])
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=[mlflow_mcmetrics.ClassificationMetrics(3)])
+    with mlflow.start_run(run_name=f"worker {seed}") as run:
+        model.fit(x[:400], y[:400], validation_data=(x[400:], y[400:]), epochs=3, verbose=0, callbacks=[callback])
+    print(json.dumps({"run_id": run.info.run_id, "history": callback.history}))
+''')
+
+
+def test_four_concurrent_trainings_each_log_only_their_own_values(tracking, tmp_path):
+    client, experiment_id = tracking
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_EXPERIMENT_ID": experiment_id}
+    workers = [subprocess.Popen([sys.executable, str(script), str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=tmp_path) for seed in range(4)]
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), [err[-1500:] for _, err in outputs]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert len({r["run_id"] for r in results}) == 4
+    for result in results:
+        for key, values in result["history"].items():
+            logged = client.get_metric_history(result["run_id"], key)
+            assert [m.step for m in logged] == [0, 1, 2] and [m.value for m in logged] == values, key
