@@ -160,6 +160,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
             )
         self.class_names = names
         self.class_keys = class_key_components(names)
+        self.history.clear()  # like keras.callbacks.History: one fit() at a time
         self._last_epoch = None
         self._f1_by_epoch.clear()
         if self.log_to_mlflow:

@@ -199,11 +199,9 @@ class ClassificationMetrics(keras.metrics.Metric):
         if self.task == "multilabel":
             cells = classes * 4 + labels * 2 + predicted
             cell_weights = ops.broadcast_to(ops.expand_dims(weights, -1), ops.shape(cells))
-            positive = labels
         else:
             cells = labels * num_classes + predicted
             cell_weights = weights
-            positive = ops.cast(ops.expand_dims(labels, -1) == classes, "int32")
         confusion = ops.segment_sum(
             ops.reshape(cell_weights, (-1,)),
             ops.reshape(cells, (-1,)),
@@ -211,19 +209,29 @@ class ClassificationMetrics(keras.metrics.Metric):
         )
         self.confusion_matrix.assign_add(ops.reshape(confusion, self.confusion_matrix.shape))
         self.rejected_counts.assign_add(rejected)
-
         if self.score_histogram is not None:
-            bins_per_class = self.pr_thresholds
-            bins = ops.clip(
-                ops.cast(ops.floor(scores * bins_per_class), "int32"), 0, bins_per_class - 1
-            )
-            cells = (positive * num_classes + classes) * bins_per_class + bins
-            histogram = ops.segment_sum(
-                ops.reshape(ops.broadcast_to(ops.expand_dims(weights, -1), ops.shape(cells)), (-1,)),
-                ops.reshape(cells, (-1,)),
-                num_segments=2 * num_classes * bins_per_class,
-            )
-            self.score_histogram.assign_add(ops.reshape(histogram, self.score_histogram.shape))
+            self.score_histogram.assign_add(self._histogram(labels, scores, weights, classes))
+
+    def _histogram(self, labels, scores, weights, classes):
+        """This batch's ``(2, C, T)`` score histogram: every score of every class in one
+        segment sum; positives in a second one, which for multiclass/binary is over the N
+        true-class scores only (not N * C); negatives = all - positives."""
+        num_classes, num_bins = self.num_classes, self.pr_thresholds
+        bins = ops.clip(ops.cast(ops.floor(scores * num_bins), "int32"), 0, num_bins - 1)
+        row_weights = ops.broadcast_to(ops.expand_dims(weights, -1), ops.shape(bins))
+        every = ops.segment_sum(
+            ops.reshape(row_weights, (-1,)),
+            ops.reshape(classes * num_bins + bins, (-1,)),
+            num_segments=num_classes * num_bins,
+        )
+        if self.task == "multilabel":
+            positive_weights = ops.reshape(row_weights * ops.cast(labels, "float32"), (-1,))
+            positive_cells = ops.reshape(classes * num_bins + bins, (-1,))
+        else:
+            true_bins = ops.squeeze(ops.take_along_axis(bins, ops.expand_dims(labels, -1), axis=-1), axis=-1)
+            positive_weights, positive_cells = weights, labels * num_bins + true_bins
+        positives = ops.segment_sum(positive_weights, positive_cells, num_segments=num_classes * num_bins)
+        return ops.reshape(ops.stack([every - positives, positives]), (2, num_classes, num_bins))
 
     # -- compute ---------------------------------------------------------------------------------
     @property

@@ -39,6 +39,7 @@ def own_server(tmp_path, monkeypatch):
     server = MlflowServer(tmp_path).start()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     mlflow.set_tracking_uri(server.uri)
+    mlflow.set_experiment("outages")  # not an experiment id of the shared server's
     monkeypatch.chdir(tmp_path)  # the spool folder lands here
     yield server
     while mlflow.active_run():

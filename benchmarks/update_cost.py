@@ -1,0 +1,166 @@
+"""Cost of one metric update per batch, as ratios against baselines timed in this run.
+
+    python benchmarks/update_cost.py [--quick]
+
+For C in {10, 100, 1000} classes, batches of 256 and 4096 softmax predictions, it times one
+``update_state`` inside a compiled function (``tf.function`` and XLA on TensorFlow,
+``jax.jit`` on JAX):
+
+* ``floor``: ``ops.sum(y_pred)``, one pass that only reads the predictions;
+* ``ours cm``: ``ClassificationMetrics(pr_thresholds=0)`` (confusion matrix only);
+* ``ours full``: ``ClassificationMetrics(pr_thresholds=200)`` (confusion matrix + histograms);
+* ``keras``: ``F1Score(average=None)`` + ``AUC(curve="PR", multi_label=True,
+  num_labels=C, num_thresholds=200)`` together (TensorFlow only);
+* ``torchmetrics``: ``MulticlassPrecisionRecallCurve(thresholds=200)`` +
+  ``MulticlassF1Score(average=None)`` on the CPU, when torch and torchmetrics are installed.
+
+Each cell is the median over repeats of the mean time of a loop of calls, after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+from mlflow_mcmetrics import ClassificationMetrics  # noqa: E402
+
+BINS = 200
+
+
+def _time(call, calls: int, repeats: int = 5) -> float:
+    """Median over ``repeats`` of the mean seconds per call of ``calls`` calls."""
+    call()  # trace / compile
+    call()
+    means = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            result = call()
+        _block(result)
+        means.append((time.perf_counter() - start) / calls)
+    return statistics.median(means)
+
+
+def _block(result):
+    """Wait for asynchronous dispatch (JAX) before stopping the clock."""
+    leaves = result if isinstance(result, (list, tuple)) else [result]
+    for leaf in leaves:
+        if hasattr(leaf, "block_until_ready"):
+            leaf.block_until_ready()
+        elif hasattr(leaf, "numpy"):
+            leaf.numpy()
+
+
+def _compiled(function, xla: bool):
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function, jit_compile=xla)
+    import jax
+
+    return jax.jit(function)
+
+
+def _metric_call(metric, y_true, y_pred, xla):
+    """A compiled update of ``metric`` that returns something to block on."""
+    if keras.backend.backend() == "jax":
+        step = _compiled(metric.stateless_update_state, xla)
+        state = [v.value for v in metric.variables]
+        return lambda: step(state, y_true, y_pred)
+
+    def update(t, p):
+        metric.update_state(t, p)
+        return metric.variables[0]
+
+    step = _compiled(update, xla)
+    return lambda: step(y_true, y_pred)
+
+
+def _keras_call(num_classes, y_true_one_hot, y_pred, xla):
+    f1 = keras.metrics.F1Score(average=None)
+    auc = keras.metrics.AUC(curve="PR", multi_label=True, num_labels=num_classes, num_thresholds=BINS)
+
+    def update(t, p):
+        f1.update_state(t, p)
+        auc.update_state(t, p)
+        return auc.variables[0]
+
+    step = _compiled(update, xla)
+    return lambda: step(y_true_one_hot, y_pred)
+
+
+def _torchmetrics_call(num_classes, labels, scores):
+    try:
+        import torch
+        from torchmetrics.classification import MulticlassF1Score, MulticlassPrecisionRecallCurve
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    curve = MulticlassPrecisionRecallCurve(num_classes=num_classes, thresholds=BINS, validate_args=False)
+    f1 = MulticlassF1Score(num_classes=num_classes, average=None, validate_args=False)
+    target, preds = torch.from_numpy(labels), torch.from_numpy(scores)
+
+    def update():
+        curve.update(preds, target)
+        f1.update(preds, target)
+
+    return update
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer calls per cell")
+    parser.add_argument("--no-torchmetrics", action="store_true", help="skip torchmetrics (slow at C=1000)")
+    args = parser.parse_args()
+    backend = keras.backend.backend()
+    rng = np.random.default_rng(0)
+    modes = [("tf.function", False), ("XLA", True)] if backend == "tensorflow" else [("jax.jit", True)]
+    print(f"backend {backend}; devices: {_devices()}")
+    print("| mode | C | batch | floor ms | ours cm ms | ours full ms | keras F1+AUC ms | torchmetrics ms "
+          "| keras / ours full | torchmetrics / ours full | ours full / floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for mode, xla in modes:
+        for num_classes in (10, 100, 1000):
+            for batch in (256, 4096):
+                labels = rng.integers(0, num_classes, batch)
+                logits = rng.normal(size=(batch, num_classes)).astype("float32")
+                scores = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype("float32")
+                y_true = ops.convert_to_tensor(labels)
+                y_pred = ops.convert_to_tensor(scores)
+                calls = max(3, int((20 if args.quick else 100) * 256 * 10 / (batch * num_classes) ** 0.8))
+                floor = _time(lambda f=_compiled(lambda p: ops.sum(p), xla): f(y_pred), calls)
+                cm = _time(_metric_call(ClassificationMetrics(num_classes, pr_thresholds=0), y_true, y_pred, xla), calls)
+                full = _time(_metric_call(ClassificationMetrics(num_classes, pr_thresholds=BINS), y_true, y_pred, xla), calls)
+                keras_time = (
+                    _time(_keras_call(num_classes, ops.one_hot(y_true, num_classes), y_pred, xla), calls)
+                    if backend == "tensorflow" else float("nan")
+                )
+                wanted = mode != "XLA" and not args.no_torchmetrics
+                torch_call = _torchmetrics_call(num_classes, labels, scores) if wanted else None
+                torch_time = _time(torch_call, calls) if torch_call else float("nan")
+                print(f"| {mode} | {num_classes} | {batch} | {floor * 1e3:.3f} | {cm * 1e3:.3f} | {full * 1e3:.3f} | "
+                      f"{keras_time * 1e3:.3f} | {torch_time * 1e3:.3f} | {keras_time / full:.1f} | "
+                      f"{torch_time / full:.1f} | {full / floor:.1f} |", flush=True)
+
+
+def _devices() -> str:
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return ", ".join(str(d) for d in jax.devices())
+    import tensorflow as tf
+
+    return ", ".join(d.name for d in tf.config.list_logical_devices())
+
+
+if __name__ == "__main__":
+    main()
