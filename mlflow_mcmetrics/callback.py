@@ -26,6 +26,8 @@ from mlflow_mcmetrics.outbox import Outbox, bounded_http
 __all__ = ["ARTIFACT_DIR", "MCMetricsCallback", "epoch_values", "find_metric", "first_classification_metric"]
 
 ARTIFACT_DIR = "mcmetrics"
+#: Runs this module started for a fit() that has not reached on_train_end.
+_UNFINISHED_OWN_RUNS: set[str] = set()
 #: Largest share of wall time that drawing per-epoch images may take (see _log_epoch_images).
 RENDER_TIME_SHARE = 0.1
 
@@ -171,8 +173,15 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._run_id = self.run_id
         if self._run_id is None:
             active = mlflow.active_run()
+            if active is not None and active.info.run_id in _UNFINISHED_OWN_RUNS:
+                # A fit() that raised (KeyboardInterrupt, an error) never reached
+                # on_train_end: close its run as MLflow autologging does, don't log into it.
+                mlflow.end_run("KILLED")
+                _UNFINISHED_OWN_RUNS.discard(active.info.run_id)
+                active = None
             if active is None:
                 active = self._owned_run = mlflow.start_run()
+                _UNFINISHED_OWN_RUNS.add(active.info.run_id)
             self._run_id = active.info.run_id
         metric = self.metric
         params = {
@@ -353,6 +362,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
             self._outbox.close()
         if self._owned_run is not None:
             mlflow.end_run()
+            _UNFINISHED_OWN_RUNS.discard(self._owned_run.info.run_id)
             self._owned_run = None
 
 

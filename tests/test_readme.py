@@ -63,7 +63,12 @@ def test_mlproject_main_entry_point(tracking, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = client.search_runs([experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.params["imbalance_ratio"] == "20" and run.data.params["dataset"] == "digits"
+    params = run.data.params
+    assert (params["imbalance_ratio"], params["dataset"], params["loss"]) == ("20", "digits", "cce")
+    assert params["mcmetrics.task"] == "multiclass" and params["mcmetrics.from_logits"] == "True"
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "mcmetrics")}
+    assert {"mcmetrics/labels.json", "mcmetrics/confusion_matrix.png", "mcmetrics/pr_curves.png",
+            "mcmetrics/f1_by_epoch.png", "mcmetrics/classification_report.md", "mcmetrics/epochs"} <= artifacts
     for prefix in ("", "val_", "test_"):
         assert {f"{prefix}f1/{c}" for c in range(10)} <= set(run.data.metrics)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_f1_macro")] == [0, 1]

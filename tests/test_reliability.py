@@ -149,3 +149,26 @@ def test_four_concurrent_trainings_each_log_only_their_own_values(tracking, tmp_
         for key, values in result["history"].items():
             logged = client.get_metric_history(result["run_id"], key)
             assert [m.step for m in logged] == [0, 1, 2] and [m.value for m in logged] == values, key
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_fit_keeps_its_epochs_and_the_next_fit_gets_a_new_run(tracking, digits):
+    client, _ = tracking
+    x, y, xv, yv = digits
+    mlflow_mcmetrics.autolog()
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, validation_data=(xv, yv), epochs=3, verbose=0, callbacks=[Interrupt()])
+    interrupted = mlflow.active_run().info.run_id
+    model.fit(x, y, validation_data=(xv, yv), epochs=1, verbose=0)
+    finished = mlflow.last_active_run().info.run_id
+    assert finished != interrupted
+    assert client.get_run(interrupted).info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(interrupted, "val_f1/4")] == [0]
+    assert client.get_run(finished).info.status == "FINISHED"

@@ -13,7 +13,7 @@ import tensorflow as tf
 from sklearn import metrics as skm
 
 import mlflow_mcmetrics
-from mlflow_mcmetrics import ClassificationMetrics, MCMetricsCallback
+from mlflow_mcmetrics import ClassificationMetrics, MCMetricsCallback, datasets
 
 pytestmark = pytest.mark.slow
 
@@ -117,9 +117,7 @@ def test_binary_one_sigmoid_unit(tracking, digits):
 def test_multilabel_with_logits(tracking):
     """Seed 004: 30 sparse labels, weighted-BCE-style logits model."""
     client, _ = tracking
-    rng = np.random.default_rng(0)
-    labels = (rng.random((1500, 30)) < 1 / 30).astype("float32")
-    features = labels * (rng.random(labels.shape) < 0.6) + rng.normal(0, 0.1, labels.shape)
+    features, labels = datasets.sparse_multilabel(num_samples=1500, num_labels=30)
     x, y, xv, yv = features[:1000], labels[:1000], features[1000:], labels[1000:]
     mlflow_mcmetrics.autolog()
     model = dense_model(30, 30, None, hidden=32)
@@ -136,13 +134,8 @@ def test_multilabel_with_logits(tracking):
 def test_padded_sequence_tagger_with_mask_and_ignore_class(tracking):
     """Seed 001: LSTM tagger on zero-padded sequences; class 0 is padding."""
     client, _ = tracking
-    rng = np.random.default_rng(1)
     num_tags, vocab, length = 6, 40, 12
-    tokens = rng.integers(1, vocab, (700, length))
-    lengths = rng.integers(3, length + 1, 700)
-    padding = np.arange(length)[None, :] >= lengths[:, None]
-    tags = 1 + tokens % (num_tags - 1)
-    tokens[padding], tags[padding] = 0, 0
+    tokens, tags = datasets.padded_sequences(700, num_tags=num_tags, vocabulary=vocab, max_length=length, seed=1)
     x, y, xv, yv = tokens[:500], tags[:500], tokens[500:], tags[500:]
 
     mlflow_mcmetrics.autolog(ignore_class=0)
