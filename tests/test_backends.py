@@ -1,0 +1,66 @@
+"""Keras 3's other backends: a real fit with autolog() under JAX (also data-parallel over 2
+CPU devices) and PyTorch, in subprocesses, checked against scikit-learn."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import numpy as np
+import pytest
+
+from test_training import expected_scores
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = textwrap.dedent('''
+    import json, sys
+    import keras, mlflow, numpy as np
+    import mlflow_mcmetrics
+    from sklearn.datasets import load_digits
+    if sys.argv[1] == "data-parallel":
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    mlflow_mcmetrics.autolog()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=sys.argv[1] != "eager")
+    model.fit(x[:1200], y[:1200], validation_data=(x[1200:1600], y[1200:1600]), epochs=2, batch_size=100, verbose=0)
+    state, _ = mlflow_mcmetrics.callback.find_metric(model).state()
+    print(json.dumps({"run_id": mlflow.last_active_run().info.run_id,
+                      "predicted": model.predict(x[1200:1600], verbose=0).argmax(1).tolist(),
+                      "counted": float(state.confusion_matrix.sum()),
+                      "devices": len(keras.distribution.list_devices()) if sys.argv[1] == "data-parallel" else 1}))
+''')
+
+
+@pytest.mark.parametrize("backend, mode", [("jax", "jit"), ("jax", "data-parallel"), ("torch", "eager")])
+def test_fit_on_another_backend(tracking, digits, tmp_path, backend, mode):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (the test extras install jax; torch is optional)")
+    client, experiment_id = tracking
+    env = dict(os.environ, KERAS_BACKEND=backend, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(),
+               MLFLOW_EXPERIMENT_ID=experiment_id, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    script = tmp_path / "fit.py"
+    script.write_text(SCRIPT)
+    result = subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    if mode == "data-parallel":
+        assert output["devices"] == 2
+    assert output["counted"] == 400  # the last validation pass: every sample once, on any device layout
+    from sklearn.datasets import load_digits
+
+    y_val = load_digits(return_X_y=True)[1][1200:1600]
+    expected = expected_scores(y_val, np.array(output["predicted"]), list(range(10)), "val_")
+    logged = client.get_run(output["run_id"]).data.metrics
+    for key, value in expected.items():
+        assert logged[key] == pytest.approx(value, abs=1e-6), key
+    assert [m.step for m in client.get_metric_history(output["run_id"], "val_f1/3")] == [0, 1]
