@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import io
 import dataclasses
+import io
 import json
+import os
 import time
 import warnings
 from collections import defaultdict
@@ -23,7 +24,14 @@ from mlflow_mcmetrics.metrics import ClassificationMetrics
 from mlflow_mcmetrics.naming import class_key_components, metric_key
 from mlflow_mcmetrics.outbox import Outbox, bounded_http
 
-__all__ = ["ARTIFACT_DIR", "MCMetricsCallback", "epoch_values", "find_metric", "first_classification_metric"]
+__all__ = [
+    "ARTIFACT_DIR",
+    "MCMetricsCallback",
+    "epoch_values",
+    "find_metric",
+    "first_classification_metric",
+    "is_chief",
+]
 
 ARTIFACT_DIR = "mcmetrics"
 #: Runs this module started for a fit() that has not reached on_train_end.
@@ -34,6 +42,23 @@ RENDER_TIME_SHARE = 0.1
 _AVERAGES = ("f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro", "map")
 _PER_CLASS = ("precision", "recall", "f1", "ap")
 _SPLIT_PREFIXES = {"train": "", "val": "val_"}
+
+
+def is_chief() -> bool:
+    """Whether this process logs in multi-worker training: the ``chief`` task of ``TF_CONFIG``
+    (worker 0 when the cluster has no chief), JAX process 0, else True. Every worker still
+    reads the state each epoch: under MultiWorkerMirroredStrategy that read is a collective."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task") or {}
+    if task:
+        if "chief" in (config.get("cluster") or {}):
+            return task.get("type") == "chief"
+        return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index() == 0
+    return True
 
 
 def first_classification_metric(candidates) -> ClassificationMetrics | None:
@@ -92,7 +117,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
         metric: the metric to read; by default the first ``ClassificationMetrics`` compiled
             into the model.
         log_train: log the training split too (validation is always logged when present).
-        log_to_mlflow: ``False`` only fills :attr:`history`.
+        log_to_mlflow: ``False`` only fills :attr:`history`. In multi-worker training only
+            the chief logs (see :func:`is_chief`); every worker keeps the history.
         confusion_matrix: log confusion-matrix artifacts.
         log_every_n_epochs: artifact frequency; step metrics are logged every epoch.
         skip_keras_logs: leave out keys that are in Keras' epoch ``logs`` (such as
@@ -165,7 +191,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self.history.clear()  # like keras.callbacks.History: one fit() at a time
         self._last_epoch = None
         self._f1_by_epoch.clear()
-        if self.log_to_mlflow:
+        if self.log_to_mlflow and is_chief():
             self._start_logging()
 
     def _start_logging(self):

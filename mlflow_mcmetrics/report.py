@@ -144,15 +144,16 @@ def _curve_points(precision, recall, thresholds):
     only negatives lower precision between two such points and are dropped."""
     keep = np.flatnonzero(recall[:-1] != recall[1:])
     return {
-        "thresholds": np.round(thresholds[keep], 6).tolist(),
+        "thresholds": thresholds[keep].tolist(),
         "precision": np.round(np.append(precision[keep], 1.0), 6).tolist(),
         "recall": np.round(np.append(recall[keep], 0.0), 6).tolist(),
     }
 
 
 def pr_curves_payload(state: functional.ClassificationState, class_names: Sequence[str], labels: Sequence[int], scores: dict) -> dict:
-    """``{split}_pr_curves.json``: per scored class its curve points (``score >= threshold``),
-    its average precision and the tie interval ``average_precision_bounds``."""
+    """``{split}_pr_curves.json``: the bin thresholds, and per scored class the curve at the
+    thresholds where its recall changes, its average precision and the tie interval
+    ``average_precision_bounds``."""
     precision, recall, thresholds = functional.precision_recall_curve(state.score_histogram)
     curves = {}
     for position, label in enumerate(labels):
@@ -163,7 +164,7 @@ def pr_curves_payload(state: functional.ClassificationState, class_names: Sequen
         }
     return {
         "labels": [class_names[label] for label in labels],
-        "thresholds": {"bins": len(thresholds), "rule": "positive when score >= bin / bins"},
+        "thresholds": thresholds.tolist(),  # bin b: positive when score >= thresholds[b]
         "curves": curves,
     }
 

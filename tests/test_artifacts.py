@@ -47,6 +47,7 @@ def test_last_epoch_json_matches_sklearn(tracking, digits, epochs, learning_rate
     np.testing.assert_array_equal(matrix["matrix"], skm.confusion_matrix(yv, scores.argmax(1)))
 
     curves = load(run_id, f"{last}/val_pr_curves.json")
+    assert len(curves["thresholds"]) == 4096 and curves["thresholds"][1] == pytest.approx(1 / 4096)
     logged = client.get_run(run_id).data.metrics
     for label in range(10):
         curve = curves["curves"][str(label)]
@@ -57,6 +58,7 @@ def test_last_epoch_json_matches_sklearn(tracking, digits, epochs, learning_rate
             assert curve["average_precision"] == pytest.approx(exact, abs=0.01)
         assert logged[f"val_ap/{label}"] == curve["average_precision"]
         assert len(curve["precision"]) == len(curve["recall"]) == len(curve["thresholds"]) + 1
+        assert set(curve["thresholds"]) <= set(curves["thresholds"])
 
     # Artifacts every 7 epochs, and always for the last epoch.
     logged_epochs = sorted(f.path.rsplit("/", 1)[-1] for f in client.list_artifacts(run_id, "mcmetrics/epochs"))
