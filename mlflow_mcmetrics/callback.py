@@ -248,6 +248,18 @@ class MCMetricsCallback(keras.callbacks.Callback):
             splits["train"] = self._train_state if self._validated else self._read_state("train")
         if self._validated:
             splits["val"] = self._read_state("val")
+        for split in [split for split, state in splits.items() if state.num_samples == 0]:
+            # An empty split (e.g. validation_data with no rows) would log zero_division values
+            # as if they were scores: log nothing for it instead.
+            warnings.warn(
+                f"mlflow_mcmetrics counted no {split} samples in epoch {epoch}, so nothing is logged for "
+                f"that split: check that the {'validation_data' if split == 'val' else 'training data'} "
+                "is not empty (and its labels are in range).",
+                stacklevel=2,
+            )
+            del splits[split]
+        if not splits:
+            return
         result = _EpochResult(epoch, {split: self._scores(state) for split, state in splits.items()}, splits)
         values = {}
         for split, scores in result.scores.items():

@@ -103,3 +103,16 @@ def test_invalid_labels_and_nan_predictions_are_reported_and_left_out(tracking, 
     metric.update_state(np.array([0, 1, 2, 0]), predictions)
     state, rejected = metric.state()
     assert rejected.tolist() == [0.0, 1.0] and state.confusion_matrix.sum() == 3  # NaN never counts as class 0
+
+
+@pytest.mark.slow
+def test_an_empty_validation_split_is_reported_not_logged_as_scores(tracking, digits):
+    client, _ = tracking
+    x, y, xv, yv = digits
+    mlflow_mcmetrics.autolog()
+    model = small_model()
+    with pytest.warns(UserWarning, match="counted no val samples in epoch 0, so nothing is logged"):
+        model.fit(x, y, validation_data=(xv[:0], yv[:0]), epochs=2, batch_size=128, verbose=0)
+    metrics = client.get_run(mlflow.last_active_run().info.run_id).data.metrics
+    assert not [key for key in metrics if key.startswith("val_") and key != "val_loss"]
+    assert [m.step for m in client.get_metric_history(mlflow.last_active_run().info.run_id, "f1/3")] == [0, 1]
