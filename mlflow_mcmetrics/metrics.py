@@ -181,13 +181,13 @@ class ClassificationMetrics(keras.metrics.Metric):
                 ops.sum(weights * ops.cast(ops.logical_not(finite), "float32")),
             ]
         )
+        # One row per sample (per timestep for sequences); -1 where a sample axis is dynamic.
         rows = int(np.prod(sample_shape)) if None not in sample_shape else -1
-        flat = lambda x, *tail: ops.reshape(x, (rows, *tail))  # noqa: E731
         return (
-            flat(labels, *labels.shape[len(sample_shape):]),
-            flat(predicted, *predicted.shape[len(sample_shape):]),
-            flat(scores, scores.shape[-1]),
-            flat(weights * counted),
+            ops.reshape(labels, (rows, *labels.shape[len(sample_shape):])),
+            ops.reshape(predicted, (rows, *predicted.shape[len(sample_shape):])),
+            ops.reshape(scores, (rows, scores.shape[-1])),
+            ops.reshape(weights * counted, (rows,)),
             rejected,
         )
 
