@@ -31,6 +31,7 @@ __all__ = [
     "find_metric",
     "first_classification_metric",
     "is_chief",
+    "metric_scores",
 ]
 
 ARTIFACT_DIR = "mcmetrics"
@@ -81,6 +82,12 @@ def find_metric(model: keras.Model) -> ClassificationMetrics | None:
         config = compile_config.config
         candidates += keras.tree.flatten([config.get("metrics") or [], config.get("weighted_metrics") or []])
     return first_classification_metric(candidates)
+
+
+def metric_scores(state: functional.ClassificationState, metric: ClassificationMetrics) -> dict:
+    """:func:`functional.classification_scores` of ``state`` with ``metric``'s scored classes
+    and ``zero_division``: what the callback logs for a split."""
+    return functional.classification_scores(state, labels=metric.scored_labels, zero_division=metric.zero_division)
 
 
 def epoch_values(scores: dict, labels: Sequence[int], components: Sequence[str], prefix: str) -> dict[str, float]:
@@ -282,9 +289,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
                 self._rendering = self._renderer.submit(self._log_epoch_images, result)
 
     def _scores(self, state):
-        return functional.classification_scores(
-            state, labels=self.metric.scored_labels, zero_division=self.metric.zero_division
-        )
+        return metric_scores(state, self.metric)
 
     def _read_state(self, split: str) -> functional.ClassificationState:
         state, rejected = self.metric.state()

@@ -56,15 +56,13 @@ def _test_scores(model, x_test, y_test, class_names, prefix="test_") -> dict[str
     """Evaluate on the test split through the model's own metric and log ``test_*`` values."""
     import mlflow
 
-    from mlflow_mcmetrics import functional
-    from mlflow_mcmetrics.callback import epoch_values, find_metric
+    from mlflow_mcmetrics.callback import epoch_values, find_metric, metric_scores
     from mlflow_mcmetrics.naming import class_key_components
 
     model.evaluate(x_test, y_test, verbose=0)
     metric = find_metric(model)
     state, _ = metric.state()  # evaluate() left the test split's state in the metric
-    scores = functional.classification_scores(state, labels=metric.scored_labels, zero_division=metric.zero_division)
-    values = epoch_values(scores, metric.scored_labels, class_key_components(class_names), prefix)
+    values = epoch_values(metric_scores(state, metric), metric.scored_labels, class_key_components(class_names), prefix)
     mlflow.log_metrics(values)
     return values
 

@@ -122,7 +122,7 @@ def _npz(path):
 
 def check_dataset_name(name: str) -> None:
     """A ValueError listing the choices for an unknown dataset name."""
-    if name not in ("digits", "fashion_mnist", "cifar10") and not name.startswith("npz:"):
+    if name not in DATASETS[:-1] and not name.startswith("npz:"):  # DATASETS[-1] is "npz:PATH"
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
 
 
