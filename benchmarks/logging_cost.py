@@ -50,7 +50,7 @@ def main() -> None:
     import numpy as np
 
     from mlflow_mcmetrics import callback as callback_module
-    from mlflow_mcmetrics import datasets, functional
+    from mlflow_mcmetrics import datasets, report
     from mlflow_mcmetrics.cli import build_cnn
     from mlflow_mcmetrics.metrics import DEFAULT_PR_THRESHOLDS, ClassificationMetrics
     from mlflow_mcmetrics.outbox import Outbox
@@ -69,7 +69,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     workdir = tempfile.mkdtemp()
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
-    print(f"\n| classes | metrics/epoch | metrics ms | json ms | json KB | fraction of epoch (metrics + json) | one image pair ms (background) |")
+    print("\n| classes | metrics/epoch | metrics ms | json ms | json KB | fraction of epoch (metrics + json) | one image pair ms (background) |")
     print("|---|---|---|---|---|---|---|")
     for num_classes in (10, 100, 1000):
         metric = ClassificationMetrics(num_classes, pr_thresholds=DEFAULT_PR_THRESHOLDS)
@@ -87,7 +87,7 @@ def main() -> None:
                 scores = {split: callback._scores(state) for split, state in states.items()}
                 values = {}
                 for split, split_scores in scores.items():
-                    values.update(callback_module.epoch_values(
+                    values.update(report.metric_values(
                         split_scores, metric.scored_labels, callback.class_keys, callback_module._SPLIT_PREFIXES[split]))
                 epoch = next(step)
                 callback._outbox.put({"kind": "metrics", "metrics": [[k, v, 0, epoch] for k, v in values.items()]})

@@ -23,25 +23,25 @@ from mlflow_mcmetrics import functional, plots, report
 from mlflow_mcmetrics.metrics import ClassificationMetrics
 from mlflow_mcmetrics.naming import class_key_components, metric_key
 from mlflow_mcmetrics.outbox import Outbox, bounded_http
+from mlflow_mcmetrics.report import ARTIFACT_DIR
 
 __all__ = [
     "ARTIFACT_DIR",
     "MCMetricsCallback",
-    "epoch_values",
     "find_metric",
     "first_classification_metric",
     "is_chief",
     "metric_scores",
 ]
 
-ARTIFACT_DIR = "mcmetrics"
 #: Runs this module started for a fit() that has not reached on_train_end.
 _UNFINISHED_OWN_RUNS: set[str] = set()
+#: Stepped images are logged as ``{prefix}plots/confusion_matrix`` and ``{prefix}plots/pr_curves``:
+#: the MLflow UI groups charts by the key before ``/``, so they get a section of their own.
+IMAGE_SECTION = "plots"
 #: Largest share of wall time that drawing per-epoch images may take (see _log_epoch_images).
 RENDER_TIME_SHARE = 0.1
 
-_AVERAGES = ("f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro", "map")
-_PER_CLASS = ("precision", "recall", "f1", "ap")
 _SPLIT_PREFIXES = {"train": "", "val": "val_"}
 
 
@@ -90,17 +90,6 @@ def metric_scores(state: functional.ClassificationState, metric: ClassificationM
     return functional.classification_scores(state, labels=metric.scored_labels, zero_division=metric.zero_division)
 
 
-def epoch_values(scores: dict, labels: Sequence[int], components: Sequence[str], prefix: str) -> dict[str, float]:
-    """The SPEC's step metrics of one split from :func:`functional.classification_scores`,
-    keyed ``{prefix}f1_macro``, ``{prefix}f1/{class}`` etc."""
-    values = {metric_key(prefix, name): float(scores[name]) for name in _AVERAGES if name in scores}
-    for name in _PER_CLASS:
-        if name in scores:
-            for position, label in enumerate(labels):
-                values[metric_key(prefix, name, components[label])] = float(scores[name][position])
-    return values
-
-
 class MCMetricsCallback(keras.callbacks.Callback):
     """Logs a :class:`ClassificationMetrics` state to MLflow: step metrics every epoch, artifacts.
 
@@ -113,9 +102,10 @@ class MCMetricsCallback(keras.callbacks.Callback):
     Every ``log_every_n_epochs`` epochs (and for the last epoch) it also logs
     ``mcmetrics/epochs/{epoch:04d}/{split}_confusion_matrix.json`` and ``..._pr_curves.json``,
     and the confusion-matrix and PR-curve images of the report split (validation if present,
-    else training) as time-stepped images (keys ``{prefix}confusion_matrix``,
-    ``{prefix}pr_curves``). Images are drawn on a background thread: an epoch whose images would
-    queue behind a render still running gets none (its JSON is always logged). When training
+    else training) as time-stepped images (keys ``{prefix}plots/confusion_matrix``,
+    ``{prefix}plots/pr_curves``, a section of their own in the MLflow UI). Images are drawn on
+    a background thread: an epoch whose images would queue behind a render still running gets
+    none (its JSON is always logged). When training
     ends: ``mcmetrics/confusion_matrix.png``, ``pr_curves.png``, ``f1_by_epoch.png`` and
     ``classification_report.json``/``.md`` for the last epoch.
 
@@ -227,13 +217,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         }
         self._outbox = Outbox(self._run_id, self._client)
         self._outbox.put({"kind": "params", "params": {key: str(value) for key, value in params.items()}})
-        labels = {
-            "labels": [
-                {"index": index, "name": name, "key": key}
-                for index, (name, key) in enumerate(zip(self.class_names, self.class_keys))
-            ],
-            "ignore_class": metric.ignore_class,
-        }
+        labels = report.labels_payload(self.class_names, self.class_keys, metric.ignore_class)
         self._outbox.put({"kind": "text", "artifact_file": f"{ARTIFACT_DIR}/labels.json", "text": json.dumps(labels, indent=2)})
         self._renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mcmetrics-render")
 
@@ -270,7 +254,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         result = _EpochResult(epoch, {split: self._scores(state) for split, state in splits.items()}, splits)
         values = {}
         for split, scores in result.scores.items():
-            values.update(epoch_values(scores, self.metric.scored_labels, self.class_keys, _SPLIT_PREFIXES[split]))
+            values.update(report.metric_values(scores, self.metric.scored_labels, self.class_keys, _SPLIT_PREFIXES[split]))
             self._f1_by_epoch[split].append(scores["f1"])
         for key, value in values.items():
             self.history[key].append(value)
@@ -333,24 +317,11 @@ class MCMetricsCallback(keras.callbacks.Callback):
     def _figures(self, result: "_EpochResult") -> dict[str, Figure]:
         """The report split's confusion-matrix and PR-curve figures, by artifact stem."""
         split = result.report_split
-        state, scores = result.states[split], result.scores[split]
-        labels = self.metric.scored_labels
-        names = [self.class_names[label] for label in labels]
         title = f"{'Validation' if split == 'val' else 'Training'}, epoch {result.epoch}"
-        figures = {}
-        if self.confusion_matrix:
-            figures["confusion_matrix"] = plots.plot_confusion_matrix(
-                _restrict(state.confusion_matrix, labels), names, title=f"Confusion matrix — {title}"
-            )
-        if state.score_histogram is not None:
-            precision, recall, _ = functional.precision_recall_curve(state.score_histogram)
-            figures["pr_curves"] = plots.plot_pr_curves(
-                precision[labels], recall[labels], scores["ap"], names,
-                prevalence=scores["support"] / max(state.num_samples, 1.0),
-                operating_points=report.operating_points(state, labels, self.metric.zero_division),
-                title=f"Precision-recall — {title}",
-            )
-        return figures
+        return plots.plot_state(
+            result.states[split], result.scores[split], self.class_names, self.metric.scored_labels,
+            zero_division=self.metric.zero_division, title=title, confusion_matrix=self.confusion_matrix,
+        )
 
     def _log_epoch_images(self, result: "_EpochResult") -> dict[str, np.ndarray]:
         """Draw the report split's figures and log them as time-stepped images.
@@ -365,7 +336,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
         try:
             with bounded_http():
                 for stem, image in images.items():
-                    self._client.log_image(self._run_id, image, key=f"{prefix}{stem}", step=result.epoch, synchronous=True)
+                    key = metric_key(prefix, IMAGE_SECTION, stem)
+                    self._client.log_image(self._run_id, image, key=key, step=result.epoch, synchronous=True)
         except Exception as error:  # noqa: BLE001 - stepped images are best effort; values are not
             warnings.warn(f"mlflow_mcmetrics skipped epoch {result.epoch}'s images: {error}", stacklevel=2)
         finished = time.monotonic()
@@ -415,13 +387,6 @@ def _png_base64(image: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _restrict(confusion_matrix: np.ndarray, labels: Sequence[int]) -> np.ndarray:
-    """The confusion matrix of the scored classes only (a multilabel one is per label already)."""
-    if confusion_matrix.ndim == 3:
-        return confusion_matrix[labels]
-    return confusion_matrix[np.ix_(labels, labels)]
 
 
 @dataclasses.dataclass

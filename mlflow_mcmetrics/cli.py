@@ -56,13 +56,14 @@ def _test_scores(model, x_test, y_test, class_names, prefix="test_") -> dict[str
     """Evaluate on the test split through the model's own metric and log ``test_*`` values."""
     import mlflow
 
-    from mlflow_mcmetrics.callback import epoch_values, find_metric, metric_scores
+    from mlflow_mcmetrics.callback import find_metric, metric_scores
     from mlflow_mcmetrics.naming import class_key_components
+    from mlflow_mcmetrics.report import metric_values
 
     model.evaluate(x_test, y_test, verbose=0)
     metric = find_metric(model)
     state, _ = metric.state()  # evaluate() left the test split's state in the metric
-    values = epoch_values(metric_scores(state, metric), metric.scored_labels, class_key_components(class_names), prefix)
+    values = metric_values(metric_scores(state, metric), metric.scored_labels, class_key_components(class_names), prefix)
     mlflow.log_metrics(values)
     return values
 

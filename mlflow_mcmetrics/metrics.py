@@ -14,16 +14,9 @@ import numpy as np
 from keras import ops
 from keras.src.backend import get_keras_mask
 
-from mlflow_mcmetrics.functional import TASKS, ClassificationState, check_zero_division
+from mlflow_mcmetrics.functional import DEFAULT_PR_THRESHOLDS, TASKS, ClassificationState, check_zero_division
 
 __all__ = ["DEFAULT_PR_THRESHOLDS", "ClassificationMetrics"]
-
-#: Uniform score bins per class for PR curves. Measured on the MLproject's digits CNN
-#: (benchmarks/README.md): binned AP within 0.0002 of scikit-learn's after training and
-#: within 0.009 after 3 epochs, when scores are bunched in 0.01-0.4 (1000 bins: 0.002 and
-#: 0.034; logit-spaced bins did worse in both). Update cost does not depend on it; the state
-#: is 2 * C * 4096 float32 (32 MB for 1000 classes).
-DEFAULT_PR_THRESHOLDS = 4096
 
 
 def _weights_like(sample_weight, mask, shape):

@@ -16,12 +16,15 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mlflow_mcmetrics import functional, report
+
 __all__ = [
     "figure_to_array",
     "plot_comparison",
     "plot_confusion_matrix",
     "plot_f1_by_epoch",
     "plot_pr_curves",
+    "plot_state",
 ]
 
 ANNOTATE_MAX_CLASSES = 30
@@ -213,3 +216,37 @@ def plot_comparison(table: dict, *, title: str = "F1 per class by loss") -> Figu
     macro_axis.set_title("macro F1")
     figure.suptitle(title)
     return figure
+
+
+def plot_state(
+    state: functional.ClassificationState,
+    scores: dict,
+    class_names: Sequence[str],
+    labels: Sequence[int],
+    *,
+    zero_division: float = 0.0,
+    title: str = "",
+    confusion_matrix: bool = True,
+) -> dict[str, Figure]:
+    """The confusion-matrix and (with a score histogram) PR-curve figures of one split, by
+    artifact stem (``confusion_matrix``, ``pr_curves``), for the scored ``labels``.
+
+    ``scores`` is :func:`functional.classification_scores` of ``state`` for ``labels``: the
+    legends show the very AP values that were logged.
+    """
+    names = [class_names[label] for label in labels]
+    figures = {}
+    if confusion_matrix:
+        matrix = state.confusion_matrix
+        # A multilabel state holds one 2x2 per label; a multiclass one is C x C.
+        matrix = matrix[labels] if matrix.ndim == 3 else matrix[np.ix_(labels, labels)]
+        figures["confusion_matrix"] = plot_confusion_matrix(matrix, names, title=f"Confusion matrix — {title}")
+    if state.score_histogram is not None:
+        precision, recall, _ = functional.precision_recall_curve(state.score_histogram)
+        figures["pr_curves"] = plot_pr_curves(
+            precision[labels], recall[labels], scores["ap"], names,
+            prevalence=scores["support"] / max(state.num_samples, 1.0),
+            operating_points=report.operating_points(state, labels, zero_division),
+            title=f"Precision-recall — {title}",
+        )
+    return figures

@@ -13,13 +13,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from mlflow_mcmetrics import functional
+from mlflow_mcmetrics.naming import metric_key
 
 __all__ = [
+    "ARTIFACT_DIR",
     "classification_report",
     "comparison_table",
     "comparison_to_csv",
     "comparison_to_markdown",
     "confusion_matrix_payload",
+    "labels_payload",
+    "metric_values",
     "most_confused_pairs",
     "operating_points",
     "pr_curves_payload",
@@ -124,7 +128,33 @@ def to_markdown(report: dict, *, title: str = "Classification report") -> str:
     return "\n".join(lines) + "\n"
 
 
-def confusion_matrix_payload(state: functional.ClassificationState, class_names: Sequence[str], epoch: int, split: str) -> dict:
+#: The run's artifact folder for everything this package logs.
+ARTIFACT_DIR = "mcmetrics"
+AVERAGES = ("f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro", "map")
+PER_CLASS = ("precision", "recall", "f1", "ap")
+
+
+def metric_values(scores: dict, labels: Sequence[int], components: Sequence[str], prefix: str) -> dict[str, float]:
+    """The SPEC's step metrics of one split from :func:`functional.classification_scores`,
+    keyed ``{prefix}f1_macro``, ``{prefix}f1/{class}`` etc. (``components``: the metric-key
+    component of each class, from :func:`mlflow_mcmetrics.naming.class_key_components`)."""
+    values = {metric_key(prefix, name): float(scores[name]) for name in AVERAGES if name in scores}
+    for name in PER_CLASS:
+        if name in scores:
+            for position, label in enumerate(labels):
+                values[metric_key(prefix, name, components[label])] = float(scores[name][position])
+    return values
+
+
+def labels_payload(class_names: Sequence[str], class_keys: Sequence[str], ignore_class: int | None = None) -> dict:
+    """``mcmetrics/labels.json``: class index -> name -> metric-key component."""
+    return {
+        "labels": [{"index": index, "name": name, "key": key} for index, (name, key) in enumerate(zip(class_names, class_keys))],
+        "ignore_class": ignore_class,
+    }
+
+
+def confusion_matrix_payload(state: functional.ClassificationState, class_names: Sequence[str], epoch: int | None, split: str) -> dict:
     """``{split}_confusion_matrix.json``: rows = true class, columns = predicted (scikit-learn's
     layout); multilabel: one ``[[tn, fp], [fn, tp]]`` per label."""
     matrix = state.confusion_matrix

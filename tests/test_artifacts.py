@@ -82,8 +82,8 @@ def test_final_pngs_reports_and_stepped_images(tracking, digits):
     markdown = open(f"{local}/classification_report.md").read()
     assert "| macro |" in markdown and "Most confused pairs" in markdown
     images = [f.path for f in client.list_artifacts(run_id, "images")]
-    assert any("val_confusion_matrix+step+0" in path for path in images)
-    assert any("val_pr_curves+step+0" in path for path in images)
+    assert any("val_plots~confusion_matrix+step+0" in path for path in images)
+    assert any("val_plots~pr_curves+step+0" in path for path in images)
 
 
 def test_multilabel_writes_one_two_by_two_per_label(tracking):

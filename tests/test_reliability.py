@@ -9,7 +9,6 @@ import textwrap
 
 import keras
 import mlflow
-import numpy as np
 import pytest
 
 import mlflow_mcmetrics

@@ -1,0 +1,242 @@
+"""End to end: the MLproject's loss comparison on a PostgreSQL-backed tracking server, the same
+values as on SQLite, and what a person sees of it in the MLflow UI (headless Chromium).
+
+Needs Debian's ``postgresql`` and ``chromium`` and the ``playwright`` package; without them
+these tests are skipped, unless ``MCMETRICS_E2E=required`` (set by ``.ci/run``) makes that a
+failure. Screenshots go to ``build/ui/``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pytest
+from PIL import Image
+
+from conftest import REPO_ROOT, _free_port
+from test_project import mlflow_run
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+CHROMIUM = os.environ.get("MCMETRICS_CHROMIUM", "/usr/bin/chromium")
+# The flags that keep Chromium off the network it cannot reach here (and out of first-run UI).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = REPO_ROOT / "build" / "ui"
+LOSSES = ("cce", "logit_adjusted")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip when ``what`` is missing; fail instead where CI promised it (MCMETRICS_E2E=required)."""
+    if available:
+        return
+    message = f"{what} is missing: install it to run the end-to-end tests (see .ci/run)"
+    if os.environ.get("MCMETRICS_E2E") == "required":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory):
+    """``scripts/tracking-server.sh``: PostgreSQL and ``mlflow server`` on 127.0.0.1."""
+    require(bool(glob.glob("/usr/lib/postgresql/*/bin/initdb")), "Debian's postgresql")
+    require(shutil.which("psql") is not None or bool(glob.glob("/usr/lib/postgresql/*/bin/psql")), "psql")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        require(False, "the psycopg driver (pip install -e '.[server]')")
+    root = tmp_path_factory.mktemp("tracking-server")
+    # Run as root, PostgreSQL runs as `postgres`, which cannot enter pytest's 0700 folders.
+    cluster = Path(tempfile.mkdtemp(prefix="mcmetrics-pg-"))
+    cluster.chmod(0o755)
+    port = _free_port()
+    env = dict(os.environ, MCMETRICS_SERVER_DIR=str(root), MCMETRICS_PG_DATA=str(cluster / "data"),
+               MLFLOW_PORT=str(port), PGPORT=str(_free_port()), MLFLOW_WORKERS="1", PYTHON=sys.executable)
+    script = [str(REPO_ROOT / "scripts" / "tracking-server.sh")]
+    started = subprocess.run([*script, "start"], env=env, capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}"
+    subprocess.run([*script, "stop"], env=env, capture_output=True, timeout=120)
+    shutil.rmtree(cluster, ignore_errors=True)
+
+
+def run_comparison(tracking_uri: str, cwd: Path) -> tuple[str, dict[str, mlflow.entities.Run]]:
+    """``mlflow run . -e compare`` with two losses and 2 epochs into a new experiment; returns the
+    experiment id and the child runs by loss."""
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment("loss comparison")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        mlflow_run(experiment_id, "compare", cwd, losses=",".join(LOSSES), epochs=2)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    children = {run.data.params["loss"]: run for run in client.search_runs([experiment_id])
+                if "mlflow.parentRunId" in run.data.tags}
+    assert sorted(children) == sorted(LOSSES)
+    return experiment_id, children
+
+
+@pytest.fixture(scope="module")
+def postgres_comparison(postgres_server, tmp_path_factory):
+    return run_comparison(postgres_server, tmp_path_factory.mktemp("compare-postgres"))
+
+
+def metric_histories(tracking_uri: str, run: mlflow.entities.Run) -> dict[str, list[tuple[int, float]]]:
+    client = mlflow.MlflowClient(tracking_uri)
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics}
+
+
+def test_postgres_and_sqlite_stores_hold_identical_values(postgres_server, postgres_comparison, mlflow_server,
+                                                          tmp_path):
+    _, on_postgres = postgres_comparison
+    _, on_sqlite = run_comparison(mlflow_server, tmp_path)
+    for loss in LOSSES:
+        postgres_values = metric_histories(postgres_server, on_postgres[loss])
+        sqlite_values = metric_histories(mlflow_server, on_sqlite[loss])
+        assert "val_f1/9" in postgres_values and len(postgres_values["val_f1/9"]) == 2
+        assert postgres_values == sqlite_values  # every key, step and float, exactly
+        assert on_postgres[loss].data.params == on_sqlite[loss].data.params
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require(os.path.exists(CHROMIUM), f"Chromium ({CHROMIUM})")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "playwright (pip install playwright; no browser download needed)")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)  # charts load lazily on 2 busy cores
+    yield page
+    context.close()
+
+
+def open_model_training_view(page, uri: str, path: str) -> None:
+    """Open ``path`` of the UI in its "Model training" mode (it starts in "GenAI" mode, with an
+    assistant panel and a feature tour in the way)."""
+    page.goto(f"{uri}/#/experiments")
+    page.get_by_text("Model training", exact=True).wait_for()
+    tour = page.get_by_role("button", name="Got it")
+    if tour.count():
+        tour.click()
+    page.get_by_text("Model training", exact=True).click()
+    page.goto(f"{uri}/#{path}")
+    close_assistant(page)
+
+
+def close_assistant(page) -> None:
+    assistant = page.get_by_label("Close", exact=True)
+    if assistant.count():
+        assistant.first.click()
+
+
+def show_child_runs(page, child_name: str) -> None:
+    """Expand the parent run (the UI remembers whether it was expanded)."""
+    page.locator("[data-component-id*=runnamecellrenderer]").first.wait_for()
+    if not page.get_by_text(child_name, exact=True).is_visible():
+        page.locator("[data-component-id*=runnamecellrenderer]").first.click()
+    page.get_by_text(child_name, exact=True).wait_for()
+
+
+def choose_option(page, combobox, option: str) -> None:
+    combobox.click()
+    page.keyboard.type(option)
+    page.locator(f".du-bois-light-select-item-option[title='{option}']").click()
+
+
+def test_ui_compares_the_losses_per_class(page, postgres_server, postgres_comparison):
+    experiment_id, children = postgres_comparison
+    open_model_training_view(page, postgres_server, f"/experiments/{experiment_id}/runs")
+    # `compare` nests one run per loss under a parent run: expand it, select both, compare.
+    show_child_runs(page, f"{LOSSES[0]} seed 0")
+    for loss in LOSSES:
+        page.get_by_role("row").filter(has_text=f"{loss} seed 0").get_by_role("checkbox").first.check()
+    page.get_by_role("button", name="Compare").click()
+    page.get_by_text("Comparing 2 Runs from 1 Experiment").wait_for()
+    close_assistant(page)
+    for loss in LOSSES:
+        page.get_by_text(f"{loss} seed 0", exact=True).first.wait_for()
+    # Parallel coordinates: the loss against the test split's macro F1 and its rarest classes' F1
+    # (the UI starts with the first metric in alphabetical order, ap/0).
+    parameters, metrics = page.get_by_role("combobox").all()
+    selected = page.locator(".du-bois-light-select-selection-item")
+    assert selected.filter(has_text="loss").count() == 1
+    keys = ("test_f1_macro", "test_f1/8", "test_f1/9")
+    for key in keys:
+        choose_option(page, metrics, key)
+    page.keyboard.press("Escape")
+    selected.filter(has_text="ap/0").locator(".du-bois-light-select-selection-item-remove").click()
+    for key in keys:
+        page.locator(".pcp-plot text", has_text=key).first.wait_for()
+    assert page.locator(".pcp-plot text", has_text="ap/0").count() == 0
+    page.screenshot(path=SCREENSHOTS / "compare_runs.png")
+
+    # The runs' chart view: one section per metric prefix, one chart per class, a line per run.
+    open_model_training_view(page, postgres_server, f"/experiments/{experiment_id}/runs?compareRunsMode=CHART")
+    show_child_runs(page, f"{LOSSES[0]} seed 0")
+    page.get_by_placeholder("Search metric charts").fill("val_f1/")
+    section = page.get_by_text("val_f1", exact=True)  # the section header, "val_f1 (10)"
+    section.locator("xpath=..").filter(has_text="(10)").wait_for()
+    first_chart = page.get_by_text("val_f1/0", exact=True)
+    first_chart.wait_for()
+    box = first_chart.bounding_box()
+    page.mouse.move(box["x"], box["y"])
+    page.mouse.wheel(0, 3000)  # charts are only rendered while they are scrolled into view
+    page.get_by_text("val_f1/9", exact=True).wait_for()
+    page.mouse.wheel(0, -3000)
+    for class_name in ("0", "1", "2"):  # the top row drawn again, a line per run in each legend
+        for loss in LOSSES:
+            page.get_by_text(f"{loss} seed 0 (val_f1/{class_name})").wait_for(state="attached")
+    page.screenshot(path=SCREENSHOTS / "val_f1_charts.png")
+
+
+def test_ui_shows_a_runs_confusion_matrix(page, postgres_server, postgres_comparison, tmp_path):
+    experiment_id, children = postgres_comparison
+    run_id = children["logit_adjusted"].info.run_id
+    open_model_training_view(page, postgres_server, f"/experiments/{experiment_id}/runs/{run_id}")
+
+    page.get_by_role("tab", name="Model metrics").click()
+    page.get_by_placeholder("Search metric charts").fill("val_plots/")
+    page.get_by_text("val_plots/confusion_matrix", exact=True).wait_for()
+    page.get_by_text("val_plots/pr_curves", exact=True).wait_for()
+    for stem in ("confusion_matrix", "pr_curves"):  # the stepped images, loaded and drawn
+        page.wait_for_function(
+            "stem => [...document.images].some(image => image.src.includes(`val_plots~${stem}`)"
+            "  && image.complete && image.naturalWidth > 0)",
+            arg=stem,
+        )
+    page.screenshot(path=SCREENSHOTS / "run_image_charts.png")
+
+    page.get_by_role("tab", name="Artifacts").click()
+    page.get_by_text("mcmetrics", exact=True).first.click()
+    page.get_by_text("confusion_matrix.png", exact=True).click()
+    # The preview is the logged PNG itself: an <img> of exactly its size, fully loaded.
+    local = mlflow.MlflowClient(postgres_server).download_artifacts(run_id, "mcmetrics/confusion_matrix.png", str(tmp_path))
+    with Image.open(local) as logged:
+        width, height = logged.size
+    page.wait_for_function(
+        "([width, height]) => [...document.images].some("
+        "  image => image.complete && image.naturalWidth === width && image.naturalHeight === height)",
+        arg=[width, height],
+    )
+    page.screenshot(path=SCREENSHOTS / "run_confusion_matrix.png")
