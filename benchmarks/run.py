@@ -32,7 +32,7 @@ def main() -> int:
     for script, title in SCRIPTS.items():
         print(f"\n## {title} ({script})\n", flush=True)
         extra = ["--quick"] if args.quick and script == "update_cost.py" else []
-        extra += ["--epochs", "5"] if args.quick and script == "fit_overhead.py" else []
+        extra += ["--epochs", "5", "--rounds", "1"] if args.quick and script == "fit_overhead.py" else []
         result = subprocess.run([sys.executable, str(HERE / script), *extra], env=env, capture_output=True, text=True)
         print("\n".join(line for line in result.stdout.splitlines() if line.strip()), flush=True)
         if result.returncode:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import dataclasses
+import functools
 import io
 import json
 import os
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import mlflow
@@ -294,9 +295,15 @@ class MCMetricsCallback(keras.callbacks.Callback):
         return state
 
     # -- artifacts ---------------------------------------------------------------------------
-    def _log_json(self, payload: dict, artifact_file: str) -> None:
-        # Compact: indented, a 1000-class matrix is 11 MB instead of 2.
-        self._outbox.put({"kind": "text", "artifact_file": artifact_file, "text": json.dumps(payload, separators=(",", ":"))})
+    def _log_json(self, make_payload: Callable[[], dict], artifact_file: str) -> None:
+        """Queue ``make_payload()`` as compact JSON; the outbox's sender builds it (a 1000-class
+        state takes half a second to serialise), so the training thread does not."""
+
+        def record():
+            # Compact: indented, a 1000-class matrix is 11 MB instead of 2.
+            return {"kind": "text", "artifact_file": artifact_file, "text": json.dumps(make_payload(), separators=(",", ":"))}
+
+        self._outbox.put(record)
 
     def _log_epoch_json(self, result: "_EpochResult") -> None:
         folder = f"{ARTIFACT_DIR}/epochs/{result.epoch:04d}"
@@ -304,12 +311,12 @@ class MCMetricsCallback(keras.callbacks.Callback):
         for split, state in result.states.items():
             if self.confusion_matrix:
                 self._log_json(
-                    report.confusion_matrix_payload(state, self.class_names, result.epoch, split),
+                    functools.partial(report.confusion_matrix_payload, state, self.class_names, result.epoch, split),
                     f"{folder}/{split}_confusion_matrix.json",
                 )
             if state.score_histogram is not None:
                 self._log_json(
-                    report.pr_curves_payload(state, self.class_names, labels, result.scores[split]),
+                    functools.partial(report.pr_curves_payload, state, self.class_names, labels, result.scores[split]),
                     f"{folder}/{split}_pr_curves.json",
                 )
         result.json_logged = True

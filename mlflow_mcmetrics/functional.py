@@ -332,14 +332,21 @@ def average_precision(score_histogram: np.ndarray):
     positives, negatives = positives[:, ::-1], negatives[:, ::-1]
     true_positives = np.cumsum(positives, axis=1)
     false_positives = np.cumsum(negatives, axis=1)
-    true_before = true_positives - positives
-    false_before = false_positives - negatives
     total = true_positives[:, -1]
-    precision = _divide(true_positives, true_positives + false_positives, 1.0)
-    ap = _divide((positives * precision).sum(axis=1), total, 0.0)
-    upper = _sum_of_precisions(true_before, false_before, positives, 0.0).sum(axis=1)
-    lower = _sum_of_precisions(true_before, false_before, positives, negatives).sum(axis=1)
-    return ap, _divide(lower, total, 0.0), _divide(upper, total, 0.0)
+    # Only bins holding positives add to AP and its bounds: at most N of the C * T bins.
+    classes, bins = np.nonzero(positives)
+    ranked = positives[classes, bins]
+    true_through, false_through = true_positives[classes, bins], false_positives[classes, bins]
+    true_before, tied_negatives = true_through - ranked, negatives[classes, bins]
+    false_before = false_through - tied_negatives
+
+    def per_class(values):
+        return np.bincount(classes, weights=values, minlength=positives.shape[0])
+
+    ap = per_class(ranked * true_through / (true_through + false_through))
+    upper = per_class(_sum_of_precisions(true_before, false_before, ranked, 0.0))
+    lower = per_class(_sum_of_precisions(true_before, false_before, ranked, tied_negatives))
+    return _divide(ap, total, 0.0), _divide(lower, total, 0.0), _divide(upper, total, 0.0)
 
 
 def classification_scores(

@@ -84,7 +84,8 @@ def test_server_never_back_spools_and_sync_delivers_exactly_once(own_server, dig
     spool = tmp_path / "mcmetrics-spool" / f"{run_id}.jsonl"
     assert spool.exists()
     kinds = [json.loads(line)["kind"] for line in spool.read_text().splitlines()]
-    assert kinds.count("metrics") == EPOCHS - 2 and "png" in kinds
+    # Epochs 2.. ended while the server was down; epoch 1's rows may still have been on their way.
+    assert EPOCHS - 2 <= kinds.count("metrics") <= EPOCHS - 1 and "png" in kinds
     own_server.start()
     mlflow.end_run()
 
