@@ -86,10 +86,12 @@ def _workloads():
     yield ("MLproject CNN, digits, 10 classes", lambda: build_cnn(digits.x_train.shape[1:], 10, 0),
            digits.x_train, digits.y_train, digits.x_val, digits.y_val, 32)
     rng = np.random.default_rng(0)
-    for num_classes in (10, 100):
-        x = rng.random((2000, 28, 28, 1), dtype=np.float32)
-        y = rng.integers(0, num_classes, 2000)
-        yield (f"28x28 CNN, {num_classes} classes", lambda c=num_classes: _cnn28(c, 0), x[:1500], y[:1500], x[1500:], y[1500:], 64)
+    for num_classes, samples in ((10, 2000), (100, 2000), (10, 14000)):
+        x = rng.random((samples, 28, 28, 1), dtype=np.float32)
+        y = rng.integers(0, num_classes, samples)
+        split = samples * 3 // 4
+        yield (f"28x28 CNN, {num_classes} classes, {split} training images", lambda c=num_classes: _cnn28(c, 0),
+               x[:split], y[:split], x[split:], y[split:], 64)
 
 
 def _epoch_time(condition, make_model, x, y, xv, yv, batch_size, epochs) -> float:
@@ -117,6 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="", help="run only the workloads whose name contains this")
     args = parser.parse_args()
     mlflow.set_tracking_uri(f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
     conditions = ("none", "mlflow", "mlflow + ours", "ours, artifacts at end", "mlflow + predict cb")
@@ -124,6 +127,8 @@ def main() -> None:
           + " | ours / mlflow | ours at end / mlflow | ours / predict cb |")
     print("|---|" + "---|" * (len(conditions) + 3))
     for name, make_model, x, y, xv, yv, batch_size in _workloads():
+        if args.only not in name:
+            continue
         rounds = [{c: _epoch_time(c, make_model, x, y, xv, yv, batch_size, args.epochs) for c in conditions}
                   for _ in range(args.rounds)]
         times = {c: statistics.median(r[c] for r in rounds) for c in conditions}

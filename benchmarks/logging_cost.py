@@ -86,6 +86,7 @@ def main() -> None:
     from mlflow_mcmetrics.cli import build_cnn
     from mlflow_mcmetrics.metrics import DEFAULT_PR_THRESHOLDS, ClassificationMetrics
     from mlflow_mcmetrics.outbox import Outbox
+    from mlflow_mcmetrics.render import RenderProcess
 
     data = datasets.load("digits", imbalance_ratio=20, seed=0)
     model = build_cnn(data.x_train.shape[1:], 10, seed=0)
@@ -115,6 +116,7 @@ def main() -> None:
         with mlflow.start_run() as run:
             callback._client, callback._run_id = mlflow.MlflowClient(), run.info.run_id
             callback._outbox = Outbox(run.info.run_id, callback._client)
+            callback._render_process = RenderProcess()
             step = iter(range(10**6))
 
             def metrics():
@@ -139,6 +141,7 @@ def main() -> None:
             folder = callback._client.download_artifacts(run.info.run_id, "mcmetrics/epochs/0000", workdir)
             size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / 1024
             callback._outbox.close()
+            callback._render_process.close()
         print(f"| {num_classes} | {len(values)} | {metrics_time * 1000:.1f} | {metrics_stored * 1000:.0f} | "
               f"{json_time * 1000:.1f} | {json_stored * 1000:.0f} | {size:.0f} | {(metrics_time + json_time) / epoch:.2f} | "
               f"{image_time * 1000:.0f} | {sync_time * 1000:.0f} | {queued_time * 1000:.1f} | {stored_time * 1000:.0f} |")

@@ -17,13 +17,13 @@ from collections.abc import Callable, Sequence
 import keras
 import mlflow
 import numpy as np
-from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from mlflow_mcmetrics import functional, plots, report
 from mlflow_mcmetrics.metrics import ClassificationMetrics
 from mlflow_mcmetrics.naming import class_key_components, metric_key
 from mlflow_mcmetrics.outbox import Outbox, bounded_http
+from mlflow_mcmetrics.render import RenderProcess
 from mlflow_mcmetrics.report import ARTIFACT_DIR
 
 __all__ = [
@@ -104,10 +104,10 @@ class MCMetricsCallback(keras.callbacks.Callback):
     ``mcmetrics/epochs/{epoch:04d}/{split}_confusion_matrix.json`` and ``..._pr_curves.json``,
     and the confusion-matrix and PR-curve images of the report split (validation if present,
     else training) as time-stepped images (keys ``{prefix}plots/confusion_matrix``,
-    ``{prefix}plots/pr_curves``, a section of their own in the MLflow UI). Images are drawn on
-    a background thread: an epoch whose images would queue behind a render still running gets
-    none (its JSON is always logged). When training
-    ends: ``mcmetrics/confusion_matrix.png``, ``pr_curves.png``, ``f1_by_epoch.png`` and
+    ``{prefix}plots/pr_curves``, a section of their own in the MLflow UI). Images are drawn in
+    a low-priority child process (:mod:`mlflow_mcmetrics.render`) and logged from a background
+    thread: an epoch whose images would queue behind a render still running gets none (its
+    JSON is always logged). When training ends: ``mcmetrics/confusion_matrix.png``, ``pr_curves.png``, ``f1_by_epoch.png`` and
     ``classification_report.json``/``.md`` for the last epoch.
 
     Args:
@@ -164,6 +164,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._last_epoch: _EpochResult | None = None
         self._f1_by_epoch: dict[str, list[np.ndarray]] = defaultdict(list)
         self._renderer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._render_process: RenderProcess | None = None
         self._rendering: concurrent.futures.Future | None = None
         self._next_render = 0.0
 
@@ -221,6 +222,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         labels = report.labels_payload(self.class_names, self.class_keys, metric.ignore_class)
         self._outbox.put({"kind": "text", "artifact_file": f"{ARTIFACT_DIR}/labels.json", "text": json.dumps(labels, indent=2)})
         self._renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mcmetrics-render")
+        self._render_process = RenderProcess()
 
     # -- per epoch ---------------------------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
@@ -321,25 +323,27 @@ class MCMetricsCallback(keras.callbacks.Callback):
                 )
         result.json_logged = True
 
-    def _figures(self, result: "_EpochResult") -> dict[str, Figure]:
-        """The report split's confusion-matrix and PR-curve figures, by artifact stem."""
+    def _draw(self, result: "_EpochResult") -> dict[str, np.ndarray]:
+        """The report split's confusion-matrix and PR-curve images, by artifact stem, drawn
+        in the render process (see :mod:`mlflow_mcmetrics.render`)."""
         split = result.report_split
         title = f"{'Validation' if split == 'val' else 'Training'}, epoch {result.epoch}"
-        return plots.plot_state(
-            result.states[split], result.scores[split], self.class_names, self.metric.scored_labels,
-            zero_division=self.metric.zero_division, title=title, confusion_matrix=self.confusion_matrix,
+        return self._render_process.draw(
+            state=result.states[split], scores=result.scores[split], class_names=self.class_names,
+            labels=self.metric.scored_labels, zero_division=self.metric.zero_division, title=title,
+            confusion_matrix=self.confusion_matrix,
         )
 
     def _log_epoch_images(self, result: "_EpochResult") -> dict[str, np.ndarray]:
         """Draw the report split's figures and log them as time-stepped images.
 
-        Drawing holds the GIL for most of a second, so the next drawing may start only after
-        ``1 / RENDER_TIME_SHARE`` times this one's duration: images then take at most that
-        share of training time, however short the epochs are.
+        Drawing takes about a second of CPU (in a low-priority process), so the next drawing
+        may start only after ``1 / RENDER_TIME_SHARE`` times this one's duration: images then
+        take at most that share of wall time, however short the epochs are.
         """
         started = time.monotonic()
         prefix = _SPLIT_PREFIXES[result.report_split]
-        images = {stem: plots.figure_to_array(figure) for stem, figure in self._figures(result).items()}
+        images = self._draw(result)
         try:
             with bounded_http():
                 for stem, image in images.items():
@@ -381,6 +385,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         if self._client is not None:
             if self._last_epoch is not None:
                 self._log_final_artifacts(self._last_epoch)
+            self._render_process.close()
             self._outbox.close()
         if self._owned_run is not None:
             mlflow.end_run()
