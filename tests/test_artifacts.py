@@ -14,6 +14,7 @@ from sklearn import metrics as skm
 
 import mlflow_mcmetrics
 from mlflow_mcmetrics import functional, plots, report
+from mlflow_mcmetrics.render import RenderProcess, draw
 
 pytestmark = pytest.mark.slow
 
@@ -142,3 +143,34 @@ def test_plots_scale_from_2_to_1000_classes(num_classes):
     assert texts == (num_classes**2 if num_classes <= plots.ANNOTATE_MAX_CLASSES else 0)
     visible_panels = [axis for axis in figures[1].axes if axis.get_visible()]
     assert len(visible_panels) == min(num_classes, plots.PR_PANELS_MAX)
+
+
+def _render_request():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 5, 200)
+    state = functional.update_state(y_true, rng.dirichlet(np.ones(5), 200), num_bins=64)
+    return dict(state=state, scores=functional.classification_scores(state), class_names=list("abcde"),
+                labels=list(range(5)), zero_division=0.0, title="epoch 0", confusion_matrix=True)
+
+
+def test_the_render_process_draws_what_this_process_draws_and_survives_a_kill():
+    renderer = RenderProcess()
+    try:
+        images = renderer.draw(**_render_request())
+        expected = draw(_render_request())
+        assert sorted(images) == ["confusion_matrix", "pr_curves"]
+        assert all(np.array_equal(images[stem], expected[stem]) for stem in expected)
+        renderer._process.kill()
+        renderer._process.wait()
+        again = renderer.draw(**_render_request())  # a new child is started
+        assert np.array_equal(again["confusion_matrix"], expected["confusion_matrix"])
+    finally:
+        renderer.close()
+
+
+def test_images_are_drawn_here_when_the_render_process_cannot_run(monkeypatch):
+    monkeypatch.setattr("sys.executable", "/bin/false")  # the child exits at once
+    renderer = RenderProcess()
+    with pytest.warns(UserWarning, match="draws its images in the training process"):
+        images = renderer.draw(**_render_request())
+    assert np.array_equal(images["pr_curves"], draw(_render_request())["pr_curves"])
