@@ -107,8 +107,9 @@ class MCMetricsCallback(keras.callbacks.Callback):
     ``{prefix}plots/pr_curves``, a section of their own in the MLflow UI). Images are drawn in
     a low-priority child process (:mod:`mlflow_mcmetrics.render`) and logged from a background
     thread: an epoch whose images would queue behind a render still running gets none (its
-    JSON is always logged). When training ends: ``mcmetrics/confusion_matrix.png``, ``pr_curves.png``, ``f1_by_epoch.png`` and
-    ``classification_report.json``/``.md`` for the last epoch.
+    JSON is always logged). When training ends: ``mcmetrics/confusion_matrix.png``,
+    ``pr_curves.png``, ``f1_by_epoch.png`` and ``classification_report.json``/``.md`` for the
+    last epoch.
 
     Args:
         class_names: one name per class (default ``"0"`` .. ``"C-1"``).

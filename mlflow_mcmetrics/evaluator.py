@@ -30,6 +30,7 @@ import numpy as np
 from mlflow.entities import Metric
 from mlflow.models.evaluation.artifacts import ImageEvaluationArtifact, JsonEvaluationArtifact, TextEvaluationArtifact
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
+from scipy.special import expit, softmax
 
 from mlflow_mcmetrics import functional, plots, report
 from mlflow_mcmetrics.naming import class_key_components
@@ -185,7 +186,7 @@ def _state(config: EvaluatorConfig, predicted: _Predictions, y_true: np.ndarray,
         scores = np.eye(len(label_list))[_class_indices(predicted.labels, label_list, "predicted")]
         return functional.update_state(y_true, scores, task="multiclass", num_bins=0)
     if config.from_logits:
-        scores = 1 / (1 + np.exp(-scores)) if predicted.task == "binary" else _softmax(scores)
+        scores = expit(scores) if predicted.task == "binary" else softmax(scores, axis=1)
     if np.any((scores < 0) | (scores > 1)):
         raise ValueError(
             "The model's scores are not probabilities (some lie outside [0, 1]): if it outputs logits, pass "
@@ -193,11 +194,6 @@ def _state(config: EvaluatorConfig, predicted: _Predictions, y_true: np.ndarray,
         )
     return functional.update_state(y_true, scores, task=predicted.task, threshold=config.threshold,
                                    num_bins=config.pr_thresholds)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _log_artifacts(client, run_id, config, state, scores, class_names, class_keys) -> dict:

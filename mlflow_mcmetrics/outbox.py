@@ -6,9 +6,8 @@ build the values, not the round trips to the tracking store. A record that canno
 (server down, timeout, 5xx) stays queued, in order, and is retried at the next epoch end;
 MLflow's own HTTP retries are bounded for these calls, so a dead server costs the sender a few
 seconds per epoch, not minutes, and training none. What is still queued when training ends is
-written to
-``./mcmetrics-spool/{run_id}.jsonl`` (atomically: a temporary file renamed into place) and
-``mcmetrics sync`` replays it later. Replaying is idempotent: MLflow ignores a metric logged
+written to ``./mcmetrics-spool/{run_id}.jsonl`` (atomically: a temporary file renamed into
+place) and ``mcmetrics sync`` replays it later. Replaying is idempotent: MLflow ignores a metric logged
 twice with the same key, value, timestamp and step, and artifacts are overwritten in place.
 """
 
@@ -95,8 +94,9 @@ class Outbox:
     ...]}``, ``{"kind": "params", "params": {...}}``, ``{"kind": "text", "artifact_file",
     "text"}`` and ``{"kind": "png", "artifact_file", "png": base64}``, or a function that builds
     one: the sender calls it when the record's turn comes, so that serialising large payloads
-    happens off the training thread. :meth:`put` returns at once; after a failed delivery the sender waits for :meth:`flush` (called once per epoch)
-    before it tries again; :meth:`close` makes a last attempt and spools what is left.
+    happens off the training thread. :meth:`put` returns at once; after a failed delivery the
+    sender waits for :meth:`flush` (called once per epoch) before it tries again; :meth:`close`
+    makes a last attempt and spools what is left.
     """
 
     def __init__(self, run_id: str, client: MlflowClient | None = None, spool_dir: str | os.PathLike = DEFAULT_SPOOL_DIR):

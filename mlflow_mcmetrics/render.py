@@ -48,8 +48,7 @@ def draw(request: dict) -> dict[str, np.ndarray]:
     """``plots.plot_state(**request)`` rendered to RGBA arrays, by artifact stem."""
     from mlflow_mcmetrics import plots
 
-    state, scores, class_names, labels = (request.pop(name) for name in ("state", "scores", "class_names", "labels"))
-    figures = plots.plot_state(state, scores, class_names, labels, **request)
+    figures = plots.plot_state(**request)
     return {stem: plots.figure_to_array(figure) for stem, figure in figures.items()}
 
 
