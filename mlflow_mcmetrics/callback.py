@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
 import concurrent.futures
 import dataclasses
@@ -35,8 +36,9 @@ __all__ = [
     "metric_scores",
 ]
 
-#: Runs this module started for a fit() that has not reached on_train_end.
-_UNFINISHED_OWN_RUNS: set[str] = set()
+#: Callbacks logging a fit() that has not reached on_train_end. One whose fit() raised is
+#: closed when the next fit() in its run's thread starts, or at exit (see _close_unfinished_fits).
+_UNFINISHED_FITS: set["MCMetricsCallback"] = set()
 #: Stepped images are logged as ``{prefix}plots/confusion_matrix`` and ``{prefix}plots/pr_curves``:
 #: the MLflow UI groups charts by the key before ``/``, so they get a section of their own.
 IMAGE_SECTION = "plots"
@@ -199,16 +201,16 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._run_id = self.run_id
         if self._run_id is None:
             active = mlflow.active_run()
-            if active is not None and active.info.run_id in _UNFINISHED_OWN_RUNS:
+            raised = _unfinished_fit_that_started(active)
+            if raised is not None:
                 # A fit() that raised (KeyboardInterrupt, an error) never reached
                 # on_train_end: close its run as MLflow autologging does, don't log into it.
-                mlflow.end_run("KILLED")
-                _UNFINISHED_OWN_RUNS.discard(active.info.run_id)
+                raised._finish("KILLED")
                 active = None
             if active is None:
                 active = self._owned_run = mlflow.start_run()
-                _UNFINISHED_OWN_RUNS.add(active.info.run_id)
             self._run_id = active.info.run_id
+        _UNFINISHED_FITS.add(self)
         metric = self.metric
         params = {
             "mcmetrics.task": metric.task,
@@ -380,18 +382,50 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._outbox.put({"kind": "text", "artifact_file": f"{ARTIFACT_DIR}/classification_report.md", "text": markdown})
 
     def on_train_end(self, logs=None):
+        self._wait_for_images()
+        if self._client is not None and self._last_epoch is not None:
+            self._log_final_artifacts(self._last_epoch)
+        self._finish("FINISHED")
+
+    def _wait_for_images(self) -> None:
         if self._renderer is not None:
             self._renderer.shutdown(wait=True)
             self._renderer = None
+
+    def _owns(self, run_id: str) -> bool:
+        return self._owned_run is not None and self._owned_run.info.run_id == run_id
+
+    def _finish(self, status: str) -> None:
+        """Deliver what is queued (or spool it), stop the render process, and end the run this
+        callback started with ``status``."""
+        _UNFINISHED_FITS.discard(self)
+        self._wait_for_images()
         if self._client is not None:
-            if self._last_epoch is not None:
-                self._log_final_artifacts(self._last_epoch)
             self._render_process.close()
             self._outbox.close()
+            self._client = None
         if self._owned_run is not None:
-            mlflow.end_run()
-            _UNFINISHED_OWN_RUNS.discard(self._owned_run.info.run_id)
-            self._owned_run = None
+            run_id, self._owned_run = self._owned_run.info.run_id, None
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run_id:
+                mlflow.end_run(status)
+            else:  # started in another thread, whose run stack this one cannot pop
+                MlflowClient().set_terminated(run_id, status)
+
+
+def _unfinished_fit_that_started(run) -> MCMetricsCallback | None:
+    if run is None:
+        return None
+    return next((fit for fit in list(_UNFINISHED_FITS) if fit._owns(run.info.run_id)), None)
+
+
+@atexit.register
+def _close_unfinished_fits() -> None:
+    """Runs before MLflow's own exit handler (registered earlier), which would end the active
+    run as FINISHED and drop what the sender thread still holds: a fit() that raised gets its
+    queued records delivered or spooled, and the run it started is ended as KILLED."""
+    for fit in list(_UNFINISHED_FITS):
+        fit._finish("KILLED")
 
 
 def _png_base64(image: np.ndarray) -> str:

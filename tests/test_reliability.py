@@ -13,6 +13,7 @@ import pytest
 
 import mlflow_mcmetrics
 from conftest import MlflowServer
+from test_readme import subprocess_env
 from mlflow_mcmetrics import MCMetricsCallback
 
 pytestmark = pytest.mark.slow
@@ -149,6 +150,40 @@ def test_four_concurrent_trainings_each_log_only_their_own_values(tracking, tmp_
         for key, values in result["history"].items():
             logged = client.get_metric_history(result["run_id"], key)
             assert [m.step for m in logged] == [0, 1, 2] and [m.value for m in logged] == values, key
+
+
+CRASHING_SCRIPT = textwrap.dedent('''
+    import keras, mlflow_mcmetrics
+    from sklearn.datasets import load_digits
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("a bug in the training script")
+
+    x, y = load_digits(return_X_y=True)
+    mlflow_mcmetrics.autolog()
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x[:1000] / 16, y[:1000], validation_data=(x[1000:] / 16, y[1000:]), epochs=4, verbose=0,
+              callbacks=[Crash()])
+''')
+
+
+def test_a_script_that_dies_in_fit_keeps_its_epochs_and_its_run_ends_killed(tracking, tmp_path):
+    client, experiment_id = tracking
+    script = tmp_path / "crash.py"
+    script.write_text(CRASHING_SCRIPT)
+    env = subprocess_env(mlflow.get_tracking_uri())
+    env["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "a bug in the training script" in result.stderr
+    (run,) = client.search_runs([experiment_id])
+    assert run.info.status == "KILLED"  # not FINISHED, as MLflow's exit handler would have it
+    for key in ("val_f1/4", "f1_macro", "val_ap/9"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
+    epochs = [item.path for item in client.list_artifacts(run.info.run_id, "mcmetrics/epochs")]
+    assert epochs == ["mcmetrics/epochs/0000", "mcmetrics/epochs/0001"]
 
 
 class Interrupt(keras.callbacks.Callback):
