@@ -140,8 +140,7 @@ def main() -> None:
             sync_time, queued_time, stored_time = _log_batch_times(callback._client, run.info.run_id, values, step)
             folder = callback._client.download_artifacts(run.info.run_id, "mcmetrics/epochs/0000", workdir)
             size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / 1024
-            callback._outbox.close()
-            callback._render_process.close()
+            callback._finish("FINISHED")
         print(f"| {num_classes} | {len(values)} | {metrics_time * 1000:.1f} | {metrics_stored * 1000:.0f} | "
               f"{json_time * 1000:.1f} | {json_stored * 1000:.0f} | {size:.0f} | {(metrics_time + json_time) / epoch:.2f} | "
               f"{image_time * 1000:.0f} | {sync_time * 1000:.0f} | {queued_time * 1000:.1f} | {stored_time * 1000:.0f} |")

@@ -112,11 +112,6 @@ class Outbox:
         self._sender = threading.Thread(target=self._send_forever, name=f"mcmetrics-outbox-{run_id}", daemon=True)
         self._sender.start()
 
-    @property
-    def pending(self) -> int:
-        """Records queued and not delivered yet."""
-        return len(self._queue)
-
     def put(self, record: dict | Callable[[], dict]) -> None:
         """Queue ``record`` for delivery; never blocks on the tracking server."""
         with self._changed:
