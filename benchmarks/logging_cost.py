@@ -87,6 +87,7 @@ def main() -> None:
     from mlflow_mcmetrics.metrics import DEFAULT_PR_THRESHOLDS, ClassificationMetrics
     from mlflow_mcmetrics.outbox import Outbox
     from mlflow_mcmetrics.render import RenderProcess
+    from mlflow_mcmetrics.runs import FitRun
 
     data = datasets.load("digits", imbalance_ratio=20, seed=0)
     model = build_cnn(data.x_train.shape[1:], 10, seed=0)
@@ -109,37 +110,39 @@ def main() -> None:
     for num_classes in (10, 100, 1000):
         metric = ClassificationMetrics(num_classes, pr_thresholds=DEFAULT_PR_THRESHOLDS)
         callback = callback_module.MCMetricsCallback(metric=metric)
-        callback.class_names = [f"class {i}" for i in range(num_classes)]
-        callback.class_keys = callback_module.class_key_components(callback.class_names)
+        names = [f"class {i}" for i in range(num_classes)]
+        output = callback_module._OutputLog(None, metric, names, callback_module.class_key_components(names))
         samples = max(1000, 5 * num_classes)
         states = {split: _state(num_classes, samples, DEFAULT_PR_THRESHOLDS, rng) for split in ("train", "val")}
         with mlflow.start_run() as run:
-            callback._client, callback._run_id = mlflow.MlflowClient(), run.info.run_id
-            callback._outbox = Outbox(run.info.run_id, callback._client)
+            client = mlflow.MlflowClient()
+            callback._fit_run = FitRun(Outbox(run.info.run_id, client), owned=False)
             callback._render_process = RenderProcess()
+            outbox = callback._fit_run.outbox
             step = iter(range(10**6))
 
             def metrics():
-                scores = {split: callback._scores(state) for split, state in states.items()}
+                scores = {split: callback_module.metric_scores(state, metric) for split, state in states.items()}
                 values = {}
                 for split, split_scores in scores.items():
-                    values.update(report.metric_values(
-                        split_scores, metric.scored_labels, callback.class_keys, callback_module._SPLIT_PREFIXES[split]))
+                    values.update(report.metric_values(split_scores, metric.scored_labels, output.class_keys,
+                                                       output.prefix(split)))
                 epoch = next(step)
-                callback._outbox.put({"kind": "metrics", "metrics": [[k, v, 0, epoch] for k, v in values.items()]})
+                outbox.put({"kind": "metrics", "metrics": [[k, v, 0, epoch] for k, v in values.items()]})
                 return scores, values
 
             scores, values = metrics()
             result = callback_module._EpochResult(0, scores, states)
-            callback._outbox.drain()
-            metrics_time = _median_seconds(metrics, repeat=3, then=callback._outbox.drain)
-            metrics_stored = _median_seconds(lambda: (metrics(), callback._outbox.drain()), repeat=3)
-            json_time = _median_seconds(lambda: callback._log_epoch_json(result), repeat=3, then=callback._outbox.drain)
-            json_stored = _median_seconds(lambda: (callback._log_epoch_json(result), callback._outbox.drain()), repeat=3)
-            image_time = _median_seconds(lambda: callback._log_epoch_images(result), repeat=1)
-            sync_time, queued_time, stored_time = _log_batch_times(callback._client, run.info.run_id, values, step)
-            folder = callback._client.download_artifacts(run.info.run_id, "mcmetrics/epochs/0000", workdir)
+            outbox.drain()
+            metrics_time = _median_seconds(metrics, repeat=3, then=outbox.drain)
+            metrics_stored = _median_seconds(lambda: (metrics(), outbox.drain()), repeat=3)
+            json_time = _median_seconds(lambda: callback._log_epoch_json(output, result), repeat=3, then=outbox.drain)
+            json_stored = _median_seconds(lambda: (callback._log_epoch_json(output, result), outbox.drain()), repeat=3)
+            image_time = _median_seconds(lambda: callback._log_epoch_images([(output, result)]), repeat=1)
+            sync_time, queued_time, stored_time = _log_batch_times(client, run.info.run_id, values, step)
+            folder = client.download_artifacts(run.info.run_id, "mcmetrics/epochs/0000", workdir)
             size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / 1024
+            callback._render_process.close()
             callback._finish("FINISHED")
         print(f"| {num_classes} | {len(values)} | {metrics_time * 1000:.1f} | {metrics_stored * 1000:.0f} | "
               f"{json_time * 1000:.1f} | {json_stored * 1000:.0f} | {size:.0f} | {(metrics_time + json_time) / epoch:.2f} | "

@@ -2,6 +2,12 @@
 
 ``import mlflow_mcmetrics`` is cheap: Keras, TensorFlow and MLflow are imported on first use
 of the names that need them, so :mod:`mlflow_mcmetrics.functional` works without them.
+
+``from mlflow_mcmetrics import ClassificationMetrics`` (and ``import mlflow_mcmetrics.losses``)
+registers those classes with Keras' serialization, so that a model compiled with them loads
+with ``keras.models.load_model`` without ``custom_objects``. A bare ``import mlflow_mcmetrics``
+registers nothing: ``mlflow.tensorflow`` pickles Keras' whole registry into every model it logs,
+and a model trained under ``autolog()`` alone must load where this package is not installed.
 """
 
 from __future__ import annotations
@@ -15,19 +21,26 @@ _LAZY = {
     "autolog": "mlflow_mcmetrics.autologging",
     "ClassificationMetrics": "mlflow_mcmetrics.metrics",
     "MCMetricsCallback": "mlflow_mcmetrics.callback",
+    "MCMetricsWarning": "mlflow_mcmetrics.events",
+    "flush": "mlflow_mcmetrics.outbox",
 }
 
 __all__ = [*_LAZY, "functional", "__version__"]
 
 if TYPE_CHECKING:
-    from mlflow_mcmetrics.autologging import autolog
-    from mlflow_mcmetrics.callback import MCMetricsCallback
-    from mlflow_mcmetrics.metrics import ClassificationMetrics
+    from mlflow_mcmetrics.autologging import autolog as autolog
+    from mlflow_mcmetrics.callback import MCMetricsCallback as MCMetricsCallback
+    from mlflow_mcmetrics.events import MCMetricsWarning as MCMetricsWarning
+    from mlflow_mcmetrics.metrics import ClassificationMetrics as ClassificationMetrics
+    from mlflow_mcmetrics.outbox import flush as flush
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        if name == "ClassificationMetrics":
+            module.register_with_keras()
+        value = getattr(module, name)
         globals()[name] = value
         return value
     if name == "functional":

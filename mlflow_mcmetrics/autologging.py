@@ -1,203 +1,174 @@
 """``mlflow_mcmetrics.autolog()``: per-class metrics for every ``fit()``, like ``mlflow.keras.autolog``.
 
-Two patches, both through MLflow's ``safe_patch`` (so ``disable=True``, ``silent`` and
-``exclusive`` behave as in MLflow's own integrations):
+One patch, through MLflow's ``safe_patch`` (so ``disable=True``, ``silent``, ``exclusive`` and
+MLflow's autologging test mode behave as in MLflow's own integrations):
+``keras.callbacks.CallbackList.__init__``, when ``fit()`` builds its callback list, instruments the
+model's classification outputs for that fit (:mod:`mlflow_mcmetrics.instrument`) and adds an
+exception-safe :class:`MCMetricsCallback`.
 
-* ``keras.Model.compile`` adds a :class:`ClassificationMetrics` to the compiled metrics (a
-  copy of the user's list; the list itself is left alone).
-* ``keras.callbacks.CallbackList.__init__``, when ``fit()`` builds its callback list, adds an
-  :class:`MCMetricsCallback`. A model compiled before ``autolog()`` gets the metric here, by
-  recompiling with its own compile arguments (the optimizer object, and so its state, is kept).
-
-Why not patch ``keras.Model.fit``: ``mlflow.keras.autolog`` (and ``mlflow.tensorflow``)
-patch it, and gorilla patches of one attribute do not stack: each stores the unpatched
-original and the last one applied wins, so the other integration would silently stop
-logging. ``CallbackList`` is built inside the original ``fit`` whoever patched it, so both
-integrations stay active in either order, and MLflow's managed run is already active when
-our callback starts.
+Why this place: ``compile()`` is left alone, so compile configs, ``load_model`` and ``evaluate()``
+are exactly what they are without this package. ``fit()`` itself is patched by
+``mlflow.keras.autolog`` (and ``mlflow.tensorflow``); ``CallbackList`` is built inside the original
+``fit`` whoever patched it, so both integrations stay active in either order, MLflow's managed run
+is already active when our callback starts, and the model is built when Keras can build it
+before training (every backend but TensorFlow without a distribution strategy, where the metric
+is created in the first step instead).
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib.metadata
 import inspect
-import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
+from mlflow.entities import LoggedModelStatus
+from mlflow.tracking import MlflowClient
 from mlflow.utils.autologging_utils import (
+    ExceptionSafeClass,
     autologging_integration,
     get_autologging_config,
     safe_patch,
 )
 
-from mlflow_mcmetrics.callback import MCMetricsCallback, find_metric, first_classification_metric
-from mlflow_mcmetrics.functional import TASKS
-from mlflow_mcmetrics.metrics import DEFAULT_PR_THRESHOLDS, ClassificationMetrics
+from mlflow_mcmetrics.callback import MCMetricsCallback
+from mlflow_mcmetrics.events import logger
+from mlflow_mcmetrics.functional import TASKS, check_zero_division
+from mlflow_mcmetrics.instrument import FitInstrumentation, classification_outputs
+from mlflow_mcmetrics.metrics import DEFAULT_PR_THRESHOLDS
 
-__all__ = ["INTEGRATION_NAME", "autolog", "infer_task"]
+__all__ = ["INTEGRATION_NAME", "TESTED_VERSIONS", "autolog"]
 
 INTEGRATION_NAME = "mlflow_mcmetrics"
+#: ``{distribution: (lowest, highest)}`` versions CI runs the tests with (README: "Versions").
+TESTED_VERSIONS = {"keras": ("3.10.0", "3.15.1"), "mlflow": ("3.0.0", "3.17.2")}
 
-_BINARY_LOSSES = {"binary_crossentropy", "bce", "binary_focal_crossentropy", "weighted_binary_crossentropy"}
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("+")[0].split(".")[:3] if part.isdigit())
+
+
+def untested_versions() -> list[str]:
+    """The installed distributions of :data:`TESTED_VERSIONS` outside their tested range."""
+    untested = []
+    for name, (lowest, highest) in TESTED_VERSIONS.items():
+        installed = importlib.metadata.version(name)
+        if not _version_tuple(lowest) <= _version_tuple(installed)[: len(_version_tuple(highest))] <= _version_tuple(highest):
+            untested.append(f"{name}=={installed} (tested: {lowest} to {highest})")
+    return untested
 
 
 def _config(key: str):
     return get_autologging_config(INTEGRATION_NAME, key)
 
 
-def _loss_name_and_logits(loss) -> tuple[str, bool | None]:
-    """The snake_case name of a compiled loss and its ``from_logits``, where it says."""
-    if isinstance(loss, str):
-        return loss, None
-    if isinstance(loss, keras.losses.Loss):
-        # Keras' built-in losses wrap a function (BinaryCrossentropy.fn = binary_crossentropy).
-        name = getattr(getattr(loss, "fn", None), "__name__", None) or loss.name
-        return name, loss.get_config().get("from_logits")
-    return getattr(loss, "__name__", ""), None
-
-
-def _output_activation(model: keras.Model) -> str | None:
-    layer = model.layers[-1] if model.layers else None
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", None)
-
-
-def infer_task(model: keras.Model, loss, task: str = "auto", from_logits="auto"):
-    """``(task, num_classes, from_logits)`` from the output layer and the compiled loss.
-
-    Explicit ``task``/``from_logits`` win. One output unit is ``binary`` (2 classes); a
-    binary cross-entropy loss over several units is ``multilabel``; anything else with
-    several units is ``multiclass``. ``from_logits`` follows the output activation (softmax
-    or sigmoid: probabilities; linear: logits), else the loss's own ``from_logits``.
-
-    Returns ``None`` when the model's output is not known yet (an unbuilt model).
-    """
-    outputs = getattr(model, "outputs", None) if model.built else None
-    if not outputs:
-        return None
-    if len(outputs) != 1:
-        raise ValueError(
-            f"mlflow_mcmetrics.autolog() supports single-output models; this one has "
-            f"{len(outputs)} outputs. Add ClassificationMetrics to compile(metrics={{output: "
-            "[...]}}) for the output you want and pass MCMetricsCallback(metric=...) to fit()."
-        )
-    width = outputs[0].shape[-1]
-    loss_name, loss_logits = _loss_name_and_logits(loss)
-    activation = _output_activation(model)
-    if task == "auto":
-        if width == 1:
-            task = "binary"
-        elif loss_name in _BINARY_LOSSES:
-            task = "multilabel"
-        else:
-            task = "multiclass"
-    if from_logits == "auto":
-        if activation in ("softmax", "sigmoid"):
-            from_logits = False
-        elif activation == "linear":
-            from_logits = True
-        else:
-            from_logits = bool(loss_logits)
-    num_classes = 2 if task == "binary" else int(width)
-    return task, num_classes, bool(from_logits)
-
-
-def _make_metric(model: keras.Model, loss) -> ClassificationMetrics | None:
-    inferred = infer_task(model, loss, _config("task"), _config("from_logits"))
-    if inferred is None:
-        return None
-    task, num_classes, from_logits = inferred
-    return ClassificationMetrics(
-        num_classes,
-        task=task,
-        from_logits=from_logits,
-        threshold=_config("threshold"),
-        ignore_class=_config("ignore_class"),
-        pr_thresholds=_config("pr_thresholds") if _config("pr_curves") else 0,
-        zero_division=_config("zero_division"),
-    )
-
-
-def _with_metric(metrics, metric: ClassificationMetrics):
-    """A copy of compile()'s ``metrics`` argument with ``metric`` added, or None if its
-    layout (a per-output dict) leaves no single place for it."""
-    if metrics is None:
-        return [metric]
-    if isinstance(metrics, (str, keras.metrics.Metric)) or callable(metrics):
-        return [metrics, metric]
-    if isinstance(metrics, (list, tuple)):
-        return [*metrics, metric]
+def _mlflow_keras_callback(callbacks) -> keras.callbacks.Callback | None:
+    """MLflow's Keras/TensorFlow autologging callback, which logs the epoch ``logs`` (our
+    ``f1_macro``/``val_f1_macro`` included) itself, and links them to the model it logs."""
+    for callback in callbacks:
+        cls = type(callback)
+        if cls.__name__ == "MlflowCallback" and cls.__module__.startswith("mlflow."):
+            return callback
     return None
 
 
-def _patched_compile(original, self, *args, **kwargs):
-    arguments = inspect.signature(original).bind(self, *args, **kwargs).arguments
-    arguments.pop("self", None)
-    already_there = first_classification_metric(
-        keras.tree.flatten([arguments.get("metrics") or [], arguments.get("weighted_metrics") or []])
-    )
-    metric = None if already_there else _make_metric(self, arguments.get("loss"))
-    metrics = _with_metric(arguments.get("metrics"), metric) if metric is not None else None
-    if metrics is not None:
-        arguments["metrics"] = metrics
-    return original(self, **arguments)
+def _pending_logged_model(run_id: str) -> str | None:
+    """The logged model MLflow's autologging created for the fit starting in ``run_id``."""
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    models = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    pending = [model for model in models if model.status == LoggedModelStatus.PENDING]
+    return pending[-1].model_id if pending else None
 
 
-def _recompile_with_metric(model: keras.Model) -> ClassificationMetrics | None:
-    """Add the metric to a model compiled before autolog() was called."""
-    compile_arguments = dict(model._compile_config.config)
-    metric = _make_metric(model, compile_arguments.get("loss"))
-    metrics = _with_metric(compile_arguments.get("metrics"), metric) if metric else None
-    if metrics is None:
-        warnings.warn(
-            "mlflow_mcmetrics.autolog() could not add its metric to this model (its output is "
-            "not known yet, or compile() got per-output metrics): call autolog() before "
-            "compile(), or add ClassificationMetrics to compile() yourself.",
-            stacklevel=3,
-        )
-        return None
-    # The metric's variables must belong to the model's tf.distribute strategy (TF backend).
-    strategy = getattr(model, "distribute_strategy", None)
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model.compile(**{**compile_arguments, "metrics": metrics})
-    return metric
+class _AutologCallback(MCMetricsCallback, metaclass=ExceptionSafeClass):
+    """The callback ``autolog()`` adds: reads the metrics of its :class:`FitInstrumentation`
+    and removes it when training ends.
+
+    ``ExceptionSafeClass`` marks it for MLflow's autologging test mode as safe to pass to
+    ``fit()``; the methods it wraps (those defined here) and the ``guarded`` ones of
+    :class:`MCMetricsCallback` turn errors into warnings, except under that test mode.
+    """
+
+    def __init__(self, instrumentation: FitInstrumentation, mlflow_callback, run_tags: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.instrumentation = instrumentation
+        self._mlflow_callback = mlflow_callback
+        self._model_id = getattr(mlflow_callback, "model_id", None)
+        self._run_tags = run_tags
+
+    def _metrics_by_output(self):
+        return self.instrumentation.metrics or None
+
+    def _start_run(self):
+        super()._start_run()
+        if self._fit_run is not None and self._mlflow_callback is not None and self._model_id is None:
+            # mlflow.tensorflow's callback does not say which model its fit() will log.
+            self._model_id = _pending_logged_model(self._fit_run.run_id)
+
+    def _abandon(self):
+        self.instrumentation.detach()
+
+    def on_train_end(self, logs=None):
+        try:
+            super().on_train_end(logs)
+        finally:
+            self.instrumentation.detach()
 
 
-def _logs_keras_epoch_logs(callback) -> bool:
-    """Whether ``callback`` is MLflow's Keras/TensorFlow autologging callback, which logs the
-    epoch ``logs`` (our ``f1_macro``/``val_f1_macro`` included) itself."""
-    cls = type(callback)
-    return cls.__name__ == "MlflowCallback" and cls.__module__.startswith("mlflow.")
+def _callbacks_argument(bound: inspect.BoundArguments) -> list:
+    callbacks = bound.arguments.get("callbacks")
+    return list(keras.tree.flatten(callbacks)) if callbacks else []
 
 
-def _patched_callback_list_init(
-    original, self, callbacks=None, add_history=False, add_progbar=False, model=None, **params
-):
+def _patched_callback_list_init(original, self, *args, **kwargs):
+    bound = inspect.signature(original).bind(self, *args, **kwargs)
+    model = bound.arguments.get("model")
+    callbacks = _callbacks_argument(bound)
     # Only fit() asks for a History callback; evaluate() and predict() are left alone.
-    if add_history and model is not None:
-        callbacks = list(keras.tree.flatten(callbacks) if callbacks else [])
-        if not any(isinstance(cb, MCMetricsCallback) for cb in callbacks):
-            metric = find_metric(model) or _recompile_with_metric(model)
-            if metric is not None:
-                callbacks.append(
-                    MCMetricsCallback(
-                        class_names=_config("class_names"),
-                        metric=metric,
-                        log_train=_config("log_train"),
-                        confusion_matrix=_config("confusion_matrix"),
-                        log_every_n_epochs=_config("log_every_n_epochs"),
-                        skip_keras_logs=any(_logs_keras_epoch_logs(cb) for cb in callbacks),
-                    )
-                )
-    return original(
-        self, callbacks, add_history=add_history, add_progbar=add_progbar, model=model, **params
+    if not bound.arguments.get("add_history") or model is None or any(isinstance(c, MCMetricsCallback) for c in callbacks):
+        return original(self, *args, **kwargs)
+    task = _config("task")
+    outputs, skipped = classification_outputs(model, task, _config("from_logits"))
+    if skipped and not _config("silent"):
+        logger.info("mlflow_mcmetrics: no per-class metrics for %s.", "; ".join(skipped))
+    if not outputs:
+        return original(self, *args, **kwargs)
+    instrumentation = FitInstrumentation(
+        model,
+        outputs,
+        {
+            "threshold": _config("threshold"),
+            "ignore_class": _config("ignore_class"),
+            "pr_thresholds": _config("pr_thresholds") if _config("pr_curves") else 0,
+            "zero_division": _config("zero_division"),
+        },
     )
+    instrumentation.attach()
+    mlflow_callback = _mlflow_keras_callback(callbacks)
+    callback = _AutologCallback(
+        instrumentation,
+        mlflow_callback,
+        {"mlflow.autologging": INTEGRATION_NAME, **(_config("extra_tags") or {})},
+        class_names=_config("class_names"),
+        log_train=_config("log_train"),
+        confusion_matrix=_config("confusion_matrix"),
+        log_every_n_epochs=_config("log_every_n_epochs"),
+        skip_keras_logs=mlflow_callback is not None,
+        silent=_config("silent"),
+    )
+    # The user's list is left as it was: the original gets a copy with our callback added,
+    # in the same position (positional or keyword) as the user's.
+    if "callbacks" in kwargs or len(args) < 1:
+        kwargs = {**kwargs, "callbacks": [*callbacks, callback]}
+    else:
+        args = ([*callbacks, callback], *args[1:])
+    return original(self, *args, **kwargs)
 
 
 @autologging_integration(INTEGRATION_NAME)
 def autolog(
-    class_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     task: str = "auto",
     from_logits: bool | str = "auto",
     threshold: float = 0.5,
@@ -210,16 +181,20 @@ def autolog(
     zero_division: float = 0.0,
     disable: bool = False,
     exclusive: bool = False,
+    disable_for_unsupported_versions: bool = False,
     silent: bool = False,
+    extra_tags: dict[str, str] | None = None,
 ) -> None:
     """Log exact per-class precision, recall, F1 and AP of every Keras ``fit()`` to MLflow.
 
     Call it before or after ``compile()``, with or without ``mlflow.autolog()`` /
     ``mlflow.keras.autolog()`` (then everything lands in the same run, no key twice). A run
-    is started when none is active.
+    is started when none is active. Only classification outputs are instrumented (see
+    :mod:`mlflow_mcmetrics.instrument` for the rules); a model without one is left alone.
 
     Args:
-        class_names: one name per class (default ``"0"`` .. ``"C-1"``; binary: 2 names).
+        class_names: one name per class (default ``"0"`` .. ``"C-1"``; binary: 2 names); for a
+            multi-output model a dict ``{output name: names}``.
         task: ``"auto"`` (from the output layer and the loss), ``"multiclass"``,
             ``"binary"`` or ``"multilabel"``.
         from_logits: ``"auto"`` or whether the model outputs logits.
@@ -233,7 +208,10 @@ def autolog(
         zero_division: value of undefined precision/recall/F1 (0.0, 1.0 or NaN).
         disable: undo a previous ``autolog()``.
         exclusive: do not log into runs the user started.
+        disable_for_unsupported_versions: do nothing with Keras/MLflow versions outside the
+            tested range (as MLflow's integrations).
         silent: suppress this integration's event logs and warnings.
+        extra_tags: tags for the runs this integration starts.
     """
     if disable:
         return
@@ -245,5 +223,8 @@ def autolog(
         raise ValueError(f"pr_thresholds must be >= 0 (0 turns PR curves off), got {pr_thresholds}.")
     if log_every_n_epochs < 1:
         raise ValueError(f"log_every_n_epochs must be >= 1, got {log_every_n_epochs}.")
-    safe_patch(INTEGRATION_NAME, keras.Model, "compile", _patched_compile)
+    check_zero_division(zero_division)
+    if disable_for_unsupported_versions and (untested := untested_versions()):
+        logger.warning("mlflow_mcmetrics.autolog() is off for untested versions: %s.", ", ".join(untested))
+        return
     safe_patch(INTEGRATION_NAME, keras.callbacks.CallbackList, "__init__", _patched_callback_list_init)

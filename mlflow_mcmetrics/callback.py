@@ -1,8 +1,13 @@
-"""The Keras callback: moves the metric state to the host once per epoch and logs it to MLflow."""
+"""The Keras callback: moves the metric state to the host once per epoch and hands records on.
+
+The callback reads each classification output's :class:`ClassificationMetrics` state, turns it
+into the SPEC's values with :mod:`mlflow_mcmetrics.functional` and :mod:`mlflow_mcmetrics.report`,
+and queues them in the run's outbox (:mod:`mlflow_mcmetrics.outbox`). Which run, and how it
+ends, is :mod:`mlflow_mcmetrics.runs`; drawing happens in :mod:`mlflow_mcmetrics.render`.
+"""
 
 from __future__ import annotations
 
-import atexit
 import base64
 import concurrent.futures
 import dataclasses
@@ -11,21 +16,19 @@ import io
 import json
 import os
 import time
-import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import keras
-import mlflow
 import numpy as np
-from mlflow.tracking import MlflowClient
 
 from mlflow_mcmetrics import functional, plots, report
+from mlflow_mcmetrics.events import guarded, warn
 from mlflow_mcmetrics.metrics import ClassificationMetrics
 from mlflow_mcmetrics.naming import class_key_components, metric_key
-from mlflow_mcmetrics.outbox import Outbox, bounded_http
 from mlflow_mcmetrics.render import RenderProcess
 from mlflow_mcmetrics.report import ARTIFACT_DIR
+from mlflow_mcmetrics.runs import FitRun, start_fit_run
 
 __all__ = [
     "ARTIFACT_DIR",
@@ -36,9 +39,6 @@ __all__ = [
     "metric_scores",
 ]
 
-#: Callbacks logging a fit() that has not reached on_train_end. One whose fit() raised is
-#: closed when the next fit() in its run's thread starts, or at exit (see _close_unfinished_fits).
-_UNFINISHED_FITS: set["MCMetricsCallback"] = set()
 #: Stepped images are logged as ``{prefix}plots/confusion_matrix`` and ``{prefix}plots/pr_curves``:
 #: the MLflow UI groups charts by the key before ``/``, so they get a section of their own.
 IMAGE_SECTION = "plots"
@@ -93,341 +93,6 @@ def metric_scores(state: functional.ClassificationState, metric: ClassificationM
     return functional.classification_scores(state, labels=metric.scored_labels, zero_division=metric.zero_division)
 
 
-class MCMetricsCallback(keras.callbacks.Callback):
-    """Logs a :class:`ClassificationMetrics` state to MLflow: step metrics every epoch, artifacts.
-
-    At the end of every epoch it reads the metric state (one device-to-host copy per split),
-    computes per-class precision/recall/F1 (and AP with PR curves on) with
-    :mod:`mlflow_mcmetrics.functional`, and logs them with ``step=epoch``: training values
-    without prefix, validation values with ``val_``. The training state is read in
-    ``on_test_begin``, before Keras resets the metrics for validation.
-
-    Every ``log_every_n_epochs`` epochs (and for the last epoch) it also logs
-    ``mcmetrics/epochs/{epoch:04d}/{split}_confusion_matrix.json`` and ``..._pr_curves.json``,
-    and the confusion-matrix and PR-curve images of the report split (validation if present,
-    else training) as time-stepped images (keys ``{prefix}plots/confusion_matrix``,
-    ``{prefix}plots/pr_curves``, a section of their own in the MLflow UI). Images are drawn in
-    a low-priority child process (:mod:`mlflow_mcmetrics.render`) and logged from a background
-    thread: an epoch whose images would queue behind a render still running gets none (its
-    JSON is always logged). When training ends: ``mcmetrics/confusion_matrix.png``,
-    ``pr_curves.png``, ``f1_by_epoch.png`` and ``classification_report.json``/``.md`` for the
-    last epoch.
-
-    Args:
-        class_names: one name per class (default ``"0"`` .. ``"C-1"``).
-        metric: the metric to read; by default the first ``ClassificationMetrics`` compiled
-            into the model.
-        log_train: log the training split too (validation is always logged when present).
-        log_to_mlflow: ``False`` only fills :attr:`history`. In multi-worker training only
-            the chief logs (see :func:`is_chief`); every worker keeps the history.
-        confusion_matrix: log confusion-matrix artifacts.
-        log_every_n_epochs: artifact frequency; step metrics are logged every epoch.
-        skip_keras_logs: leave out keys that are in Keras' epoch ``logs`` (such as
-            ``val_f1_macro``) because another callback, like MLflow's own autologging
-            callback, logs those already.
-        run_id: the run to log to; by default the active run, or a new one that this
-            callback ends when training ends.
-
-    Attributes:
-        history: ``{key: [value per epoch]}`` of everything computed, logged or not.
-        class_keys: the metric-key component of each class name.
-    """
-
-    def __init__(
-        self,
-        class_names: Sequence[str] | None = None,
-        *,
-        metric: ClassificationMetrics | None = None,
-        log_train: bool = True,
-        log_to_mlflow: bool = True,
-        confusion_matrix: bool = True,
-        log_every_n_epochs: int = 1,
-        skip_keras_logs: bool = False,
-        run_id: str | None = None,
-    ):
-        super().__init__()
-        if log_every_n_epochs < 1:
-            raise ValueError(f"log_every_n_epochs must be >= 1, got {log_every_n_epochs}.")
-        self.class_names = None if class_names is None else [str(n) for n in class_names]
-        self.metric = metric
-        self.log_train = log_train
-        self.log_to_mlflow = log_to_mlflow
-        self.confusion_matrix = confusion_matrix
-        self.log_every_n_epochs = log_every_n_epochs
-        self.skip_keras_logs = skip_keras_logs
-        self.run_id = run_id
-        self.history: dict[str, list[float]] = defaultdict(list)
-        self.class_keys: list[str] = []
-        self._client: MlflowClient | None = None
-        self._outbox: Outbox | None = None
-        self._run_id: str | None = None
-        self._owned_run = None
-        self._train_state: functional.ClassificationState | None = None
-        self._validated = False
-        self._last_epoch: _EpochResult | None = None
-        self._f1_by_epoch: dict[str, list[np.ndarray]] = defaultdict(list)
-        self._renderer: concurrent.futures.ThreadPoolExecutor | None = None
-        self._render_process: RenderProcess | None = None
-        self._rendering: concurrent.futures.Future | None = None
-        self._next_render = 0.0
-
-    # -- set-up ------------------------------------------------------------------------------
-    def on_train_begin(self, logs=None):
-        if self.metric is None:
-            self.metric = find_metric(self.model)
-        if self.metric is None:
-            raise ValueError(
-                "MCMetricsCallback found no ClassificationMetrics in the model: pass "
-                "metrics=[mlflow_mcmetrics.ClassificationMetrics(num_classes)] to compile(), "
-                "or call mlflow_mcmetrics.autolog() before compile()."
-            )
-        num_classes = self.metric.num_classes
-        names = self.class_names or [str(index) for index in range(num_classes)]
-        if len(names) != num_classes:
-            raise ValueError(
-                f"Got {len(names)} class names for a model with {num_classes} classes: pass one "
-                f"name per class (binary models have 2 classes: negative, positive)."
-            )
-        self.class_names = names
-        self.class_keys = class_key_components(names)
-        self.history.clear()  # like keras.callbacks.History: one fit() at a time
-        self._last_epoch = None
-        self._f1_by_epoch.clear()
-        if self.log_to_mlflow and is_chief():
-            self._start_logging()
-
-    def _start_logging(self):
-        self._client = MlflowClient()
-        self._run_id = self.run_id
-        if self._run_id is None:
-            active = mlflow.active_run()
-            raised = _unfinished_fit_that_started(active)
-            if raised is not None:
-                # A fit() that raised (KeyboardInterrupt, an error) never reached
-                # on_train_end: close its run as MLflow autologging does, don't log into it.
-                raised._finish("KILLED")
-                active = None
-            if active is None:
-                active = self._owned_run = mlflow.start_run()
-            self._run_id = active.info.run_id
-        _UNFINISHED_FITS.add(self)
-        metric = self.metric
-        params = {
-            "mcmetrics.task": metric.task,
-            "mcmetrics.num_classes": metric.num_classes,
-            "mcmetrics.from_logits": metric.from_logits,
-            "mcmetrics.threshold": metric.threshold,
-            "mcmetrics.ignore_class": metric.ignore_class,
-            "mcmetrics.pr_thresholds": metric.pr_thresholds,
-        }
-        self._outbox = Outbox(self._run_id, self._client)
-        self._outbox.put({"kind": "params", "params": {key: str(value) for key, value in params.items()}})
-        labels = report.labels_payload(self.class_names, self.class_keys, metric.ignore_class)
-        self._outbox.put({"kind": "text", "artifact_file": f"{ARTIFACT_DIR}/labels.json", "text": json.dumps(labels, indent=2)})
-        self._renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mcmetrics-render")
-        self._render_process = RenderProcess()
-
-    # -- per epoch ---------------------------------------------------------------------------
-    def on_epoch_begin(self, epoch, logs=None):
-        self._train_state = None
-        self._validated = False
-
-    def on_test_begin(self, logs=None):
-        # fit() runs validation through evaluate(), which resets the metrics right after this
-        # hook: the training state of the epoch must be read now.
-        if self._train_state is None and self.log_train:
-            self._train_state = self._read_state("train")
-        self._validated = True
-
-    def on_epoch_end(self, epoch, logs=None):
-        splits: dict[str, functional.ClassificationState] = {}
-        if self.log_train:
-            splits["train"] = self._train_state if self._validated else self._read_state("train")
-        if self._validated:
-            splits["val"] = self._read_state("val")
-        for split in [split for split, state in splits.items() if state.num_samples == 0]:
-            # An empty split (e.g. validation_data with no rows) would log zero_division values
-            # as if they were scores: log nothing for it instead.
-            warnings.warn(
-                f"mlflow_mcmetrics counted no {split} samples in epoch {epoch}, so nothing is logged for "
-                f"that split: check that the {'validation_data' if split == 'val' else 'training data'} "
-                "is not empty (and its labels are in range).",
-                stacklevel=2,
-            )
-            del splits[split]
-        if not splits:
-            return
-        result = _EpochResult(epoch, {split: self._scores(state) for split, state in splits.items()}, splits)
-        values = {}
-        for split, scores in result.scores.items():
-            values.update(report.metric_values(scores, self.metric.scored_labels, self.class_keys, _SPLIT_PREFIXES[split]))
-            self._f1_by_epoch[split].append(scores["f1"])
-        for key, value in values.items():
-            self.history[key].append(value)
-        self._last_epoch = result
-        if self._client is None:
-            return
-        if self.skip_keras_logs and logs:
-            values = {key: value for key, value in values.items() if key not in logs}
-        self._outbox.flush()  # retry what an outage left queued, once per epoch
-        timestamp = int(time.time() * 1000)
-        self._outbox.put({"kind": "metrics", "metrics": [[key, value, timestamp, epoch] for key, value in values.items()]})
-        if epoch % self.log_every_n_epochs == 0:
-            self._log_epoch_json(result)
-            idle = self._rendering is None or self._rendering.done()
-            if idle and time.monotonic() >= self._next_render:
-                self._rendering = self._renderer.submit(self._log_epoch_images, result)
-
-    def _scores(self, state):
-        return metric_scores(state, self.metric)
-
-    def _read_state(self, split: str) -> functional.ClassificationState:
-        state, rejected = self.metric.state()
-        invalid_labels, nonfinite = rejected
-        if invalid_labels:
-            warnings.warn(
-                f"{invalid_labels:g} {split} samples had labels outside [0, "
-                f"{self.metric.num_classes}) and were left out of the metrics: check the labels "
-                "and the model's output width.",
-                stacklevel=2,
-            )
-        if nonfinite:
-            warnings.warn(
-                f"{nonfinite:g} {split} predictions were NaN or infinite and were left out of "
-                "the metrics: training has probably diverged.",
-                stacklevel=2,
-            )
-        return state
-
-    # -- artifacts ---------------------------------------------------------------------------
-    def _log_json(self, make_payload: Callable[[], dict], artifact_file: str) -> None:
-        """Queue ``make_payload()`` as compact JSON; the outbox's sender builds it (a 1000-class
-        state takes half a second to serialise), so the training thread does not."""
-
-        def record():
-            # Compact: indented, a 1000-class matrix is 11 MB instead of 2.
-            return {"kind": "text", "artifact_file": artifact_file, "text": json.dumps(make_payload(), separators=(",", ":"))}
-
-        self._outbox.put(record)
-
-    def _log_epoch_json(self, result: "_EpochResult") -> None:
-        folder = f"{ARTIFACT_DIR}/epochs/{result.epoch:04d}"
-        labels = self.metric.scored_labels
-        for split, state in result.states.items():
-            if self.confusion_matrix:
-                self._log_json(
-                    functools.partial(report.confusion_matrix_payload, state, self.class_names, result.epoch, split),
-                    f"{folder}/{split}_confusion_matrix.json",
-                )
-            if state.score_histogram is not None:
-                self._log_json(
-                    functools.partial(report.pr_curves_payload, state, self.class_names, labels, result.scores[split]),
-                    f"{folder}/{split}_pr_curves.json",
-                )
-        result.json_logged = True
-
-    def _draw(self, result: "_EpochResult") -> dict[str, np.ndarray]:
-        """The report split's confusion-matrix and PR-curve images, by artifact stem, drawn
-        in the render process (see :mod:`mlflow_mcmetrics.render`)."""
-        split = result.report_split
-        title = f"{'Validation' if split == 'val' else 'Training'}, epoch {result.epoch}"
-        return self._render_process.draw(
-            state=result.states[split], scores=result.scores[split], class_names=self.class_names,
-            labels=self.metric.scored_labels, zero_division=self.metric.zero_division, title=title,
-            confusion_matrix=self.confusion_matrix,
-        )
-
-    def _log_epoch_images(self, result: "_EpochResult") -> dict[str, np.ndarray]:
-        """Draw the report split's figures and log them as time-stepped images.
-
-        Drawing takes about a second of CPU (in a low-priority process), so the next drawing
-        may start only after ``1 / RENDER_TIME_SHARE`` times this one's duration: images then
-        take at most that share of wall time, however short the epochs are.
-        """
-        started = time.monotonic()
-        prefix = _SPLIT_PREFIXES[result.report_split]
-        images = self._draw(result)
-        try:
-            with bounded_http():
-                for stem, image in images.items():
-                    key = metric_key(prefix, IMAGE_SECTION, stem)
-                    self._client.log_image(self._run_id, image, key=key, step=result.epoch, synchronous=True)
-        except Exception as error:  # noqa: BLE001 - stepped images are best effort; values are not
-            warnings.warn(f"mlflow_mcmetrics skipped epoch {result.epoch}'s images: {error}", stacklevel=2)
-        finished = time.monotonic()
-        self._next_render = finished + (finished - started) * (1 / RENDER_TIME_SHARE - 1)
-        result.images = images
-        return images
-
-    def _log_final_artifacts(self, result: "_EpochResult") -> None:
-        """The last finished epoch: its per-epoch artifacts if not logged yet, the PNGs, reports."""
-        if not result.json_logged:
-            self._log_epoch_json(result)
-        images = dict(result.images or self._log_epoch_images(result))
-        split = result.report_split
-        names = [self.class_names[label] for label in self.metric.scored_labels]
-        images["f1_by_epoch"] = plots.figure_to_array(
-            plots.plot_f1_by_epoch(np.stack(self._f1_by_epoch[split]), names, title=f"F1 by class and epoch ({split})")
-        )
-        for stem, image in images.items():
-            self._outbox.put({"kind": "png", "artifact_file": f"{ARTIFACT_DIR}/{stem}.png", "png": _png_base64(image)})
-        document = report.classification_report(
-            result.states[split], self.class_names, labels=self.metric.scored_labels,
-            zero_division=self.metric.zero_division, scores=result.scores[split],
-        )
-        document.update(epoch=result.epoch, split=split)
-        self._outbox.put({"kind": "text", "artifact_file": f"{ARTIFACT_DIR}/classification_report.json",
-                          "text": report.to_json(document)})
-        markdown = report.to_markdown(document, title=f"Classification report — {split}, epoch {result.epoch}")
-        self._outbox.put({"kind": "text", "artifact_file": f"{ARTIFACT_DIR}/classification_report.md", "text": markdown})
-
-    def on_train_end(self, logs=None):
-        self._wait_for_images()
-        if self._client is not None and self._last_epoch is not None:
-            self._log_final_artifacts(self._last_epoch)
-        self._finish("FINISHED")
-
-    def _wait_for_images(self) -> None:
-        if self._renderer is not None:
-            self._renderer.shutdown(wait=True)
-            self._renderer = None
-
-    def _owns(self, run_id: str) -> bool:
-        return self._owned_run is not None and self._owned_run.info.run_id == run_id
-
-    def _finish(self, status: str) -> None:
-        """Deliver what is queued (or spool it), stop the render process, and end the run this
-        callback started with ``status``."""
-        _UNFINISHED_FITS.discard(self)
-        self._wait_for_images()
-        if self._client is not None:
-            self._render_process.close()
-            self._outbox.close()
-            self._client = None
-        if self._owned_run is not None:
-            run_id, self._owned_run = self._owned_run.info.run_id, None
-            active = mlflow.active_run()
-            if active is not None and active.info.run_id == run_id:
-                mlflow.end_run(status)
-            else:  # started in another thread, whose run stack this one cannot pop
-                MlflowClient().set_terminated(run_id, status)
-
-
-def _unfinished_fit_that_started(run) -> MCMetricsCallback | None:
-    if run is None:
-        return None
-    return next((fit for fit in list(_UNFINISHED_FITS) if fit._owns(run.info.run_id)), None)
-
-
-@atexit.register
-def _close_unfinished_fits() -> None:
-    """Runs before MLflow's own exit handler (registered earlier), which would end the active
-    run as FINISHED and drop what the sender thread still holds: a fit() that raised gets its
-    queued records delivered or spooled, and the run it started is ended as KILLED."""
-    for fit in list(_UNFINISHED_FITS):
-        fit._finish("KILLED")
-
-
 def _png_base64(image: np.ndarray) -> str:
     from PIL import Image
 
@@ -447,3 +112,402 @@ class _EpochResult:
     @property
     def report_split(self) -> str:
         return "val" if "val" in self.states else "train"
+
+
+@dataclasses.dataclass
+class _OutputLog:
+    """What the callback keeps for one classification output."""
+
+    name: str | None  # the Keras output name of a multi-output model, else None
+    metric: ClassificationMetrics
+    class_names: list[str]
+    class_keys: list[str]
+    train_state: functional.ClassificationState | None = None
+    last_epoch: _EpochResult | None = None
+    f1_by_epoch: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+
+    def prefix(self, split: str) -> str:
+        """Key prefix of a split, as Keras prefixes its logs: ``val_``, ``val_{output}_``."""
+        return _SPLIT_PREFIXES[split] + (f"{self.name}_" if self.name else "")
+
+    @property
+    def artifact_dir(self) -> str:
+        return ARTIFACT_DIR if self.name is None else f"{ARTIFACT_DIR}/{self.name}"
+
+    @property
+    def param_prefix(self) -> str:
+        return "mcmetrics." if self.name is None else f"mcmetrics.{self.name}."
+
+
+class MCMetricsCallback(keras.callbacks.Callback):
+    """Logs :class:`ClassificationMetrics` states to MLflow: step metrics every epoch, artifacts.
+
+    At the end of every epoch it reads the metric state (one device-to-host copy per split),
+    computes per-class precision/recall/F1 (and AP with PR curves on) with
+    :mod:`mlflow_mcmetrics.functional`, and logs them with ``step=epoch``: training values
+    without prefix, validation values with ``val_``. The training state is read in
+    ``on_test_begin``, before Keras resets the metrics for validation.
+
+    Every ``log_every_n_epochs`` epochs (and for the last epoch) it also logs
+    ``mcmetrics/epochs/{epoch:04d}/{split}_confusion_matrix.json`` and ``..._pr_curves.json``,
+    and the confusion-matrix and PR-curve images of the report split (validation if present,
+    else training) as time-stepped images (keys ``{prefix}plots/confusion_matrix``,
+    ``{prefix}plots/pr_curves``). Images are drawn in a low-priority child process and at most
+    :data:`RENDER_TIME_SHARE` of wall time. When training ends: ``mcmetrics/confusion_matrix.png``,
+    ``pr_curves.png``, ``f1_by_epoch.png`` and ``classification_report.json``/``.md`` for the
+    last epoch.
+
+    Argument errors (class names that do not match the output) raise when training starts;
+    after that, no error in computing, drawing or delivering stops training: each becomes one
+    :class:`~mlflow_mcmetrics.MCMetricsWarning`.
+
+    Args:
+        class_names: one name per class (default ``"0"`` .. ``"C-1"``); for several outputs a
+            dict ``{output name: names}``.
+        metric: the metric to read; by default the first ``ClassificationMetrics`` compiled
+            into the model.
+        log_train: log the training split too (validation is always logged when present).
+        log_to_mlflow: ``False`` only fills :attr:`history`. In multi-worker training only
+            the chief logs (see :func:`is_chief`); every worker keeps the history.
+        confusion_matrix: log confusion-matrix artifacts.
+        log_every_n_epochs: artifact frequency; step metrics are logged every epoch.
+        skip_keras_logs: leave out keys that are in Keras' epoch ``logs`` (such as
+            ``val_f1_macro``) because another callback, like MLflow's own autologging
+            callback, logs those already.
+        run_id: the run to log to; by default the active run, or a new one that this
+            callback ends when training ends.
+        silent: no warnings from this callback.
+
+    Attributes:
+        history: ``{key: [value per epoch]}`` of everything computed, logged or not.
+        class_keys: the metric-key component of each class name (of the first output).
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+        *,
+        metric: ClassificationMetrics | None = None,
+        log_train: bool = True,
+        log_to_mlflow: bool = True,
+        confusion_matrix: bool = True,
+        log_every_n_epochs: int = 1,
+        skip_keras_logs: bool = False,
+        run_id: str | None = None,
+        silent: bool = False,
+    ):
+        super().__init__()
+        if log_every_n_epochs < 1:
+            raise ValueError(f"log_every_n_epochs must be >= 1, got {log_every_n_epochs}.")
+        self.class_names = class_names
+        self.metric = metric
+        self.log_train = log_train
+        self.log_to_mlflow = log_to_mlflow
+        self.confusion_matrix = confusion_matrix
+        self.log_every_n_epochs = log_every_n_epochs
+        self.skip_keras_logs = skip_keras_logs
+        self.run_id = run_id
+        self.silent = silent
+        self.history: dict[str, list[float]] = defaultdict(list)
+        self.class_keys: list[str] = []
+        self._outputs: list[_OutputLog] = []
+        self._fit_run: FitRun | None = None
+        self._model_id: str | None = None
+        self._run_tags: dict | None = None
+        self._validated = False
+        self._renderer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._render_process: RenderProcess | None = None
+        self._rendering: concurrent.futures.Future | None = None
+        self._next_render = 0.0
+
+    # -- which metrics, which run --------------------------------------------------------------
+    def _metrics_by_output(self) -> dict[str | None, ClassificationMetrics] | None:
+        """The metrics to read, by output name; None while they do not exist yet."""
+        metric = self.metric or find_metric(self.model)
+        if metric is None:
+            raise ValueError(
+                "MCMetricsCallback found no ClassificationMetrics in the model: pass "
+                "metrics=[mlflow_mcmetrics.ClassificationMetrics(num_classes)] to compile(), "
+                "or call mlflow_mcmetrics.autolog()."
+            )
+        return {None: metric}
+
+    def _names_for(self, output: str | None, num_classes: int) -> list[str]:
+        names = self.class_names
+        if isinstance(names, Mapping):
+            names = names.get(output)
+        names = [str(index) for index in range(num_classes)] if names is None else [str(n) for n in names]
+        if len(names) != num_classes:
+            where = f"output {output!r}" if output else "a model"
+            raise ValueError(
+                f"Got {len(names)} class names for {where} with {num_classes} classes: pass one "
+                f"name per class (binary models have 2 classes: negative, positive)."
+            )
+        return names
+
+    def _resolve_outputs(self) -> bool:
+        """Find the metrics and check the class names (raises on a mismatch); False while the
+        metrics do not exist yet (an unbuilt model builds them in its first step)."""
+        if self._outputs:
+            return True
+        try:
+            metrics = self._metrics_by_output()
+            if not metrics:
+                return False
+            outputs = []
+            for output, metric in metrics.items():
+                names = self._names_for(output, metric.num_classes)
+                outputs.append(_OutputLog(output, metric, names, class_key_components(names)))
+        except ValueError:
+            self._abandon()
+            raise
+        self._outputs = outputs
+        self.class_keys = self._outputs[0].class_keys
+        if self._fit_run is not None:
+            self._log_run_description()
+        return True
+
+    def _abandon(self) -> None:
+        """Called when an argument error stops training (see :meth:`_resolve_outputs`)."""
+
+    def on_train_begin(self, logs=None):
+        self.history.clear()  # like keras.callbacks.History: one fit() at a time
+        self._outputs = []
+        self._resolve_outputs()
+        if self.log_to_mlflow and is_chief():
+            self._start_run()
+
+    @guarded("start logging")
+    def _start_run(self) -> None:
+        self._fit_run = start_fit_run(self.run_id, silent=self.silent, tags=self._run_tags)
+        self._fit_run.on_finish = self._close_renderers
+        self._renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mcmetrics-render")
+        self._render_process = RenderProcess()
+        if self._outputs:
+            self._log_run_description()
+
+    def _log_run_description(self) -> None:
+        outbox = self._fit_run.outbox
+        for output in self._outputs:
+            metric = output.metric
+            params = {
+                "task": metric.task,
+                "num_classes": metric.num_classes,
+                "from_logits": metric.from_logits,
+                "threshold": metric.threshold,
+                "ignore_class": metric.ignore_class,
+                "pr_thresholds": metric.pr_thresholds,
+            }
+            outbox.put({"kind": "params", "params": {output.param_prefix + k: str(v) for k, v in params.items()}})
+            labels = report.labels_payload(output.class_names, output.class_keys, metric.ignore_class)
+            outbox.put({"kind": "text", "artifact_file": f"{output.artifact_dir}/labels.json",
+                        "text": json.dumps(labels, indent=2)})
+
+    # -- per epoch ---------------------------------------------------------------------------
+    def on_epoch_begin(self, epoch, logs=None):
+        for output in self._outputs:
+            output.train_state = None
+        self._validated = False
+
+    def on_test_begin(self, logs=None):
+        # fit() runs validation through evaluate(), which resets the metrics right after this
+        # hook: the training state of the epoch must be read now.
+        if self._resolve_outputs() and self.log_train:
+            for output in self._outputs:
+                if output.train_state is None:
+                    output.train_state = self._read_state(output, "train")
+        self._validated = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._resolve_outputs():
+            return
+        self._log_epoch(epoch, logs or {})
+
+    @guarded("compute and log this epoch's metrics")
+    def _log_epoch(self, epoch: int, logs: dict) -> None:
+        values: dict[str, float] = {}
+        results = []
+        for output in self._outputs:
+            result = self._epoch_result(output, epoch)
+            if result is None:
+                continue
+            results.append((output, result))
+            for split, scores in result.scores.items():
+                values.update(report.metric_values(scores, output.metric.scored_labels, output.class_keys, output.prefix(split)))
+                output.f1_by_epoch[split].append(scores["f1"])
+        for key, value in values.items():
+            self.history[key].append(value)
+        if self._fit_run is None or not results:
+            return
+        if self.skip_keras_logs:
+            values = {key: value for key, value in values.items() if key not in logs}
+        outbox = self._fit_run.outbox
+        outbox.flush()  # retry what an outage left queued, once per epoch
+        timestamp = int(time.time() * 1000)
+        record = {"kind": "metrics", "metrics": [[k, v, timestamp, epoch] for k, v in values.items()]}
+        if self._model_id is not None:
+            # MLflow's Keras autologging links the run's metrics to the model it logs: ours too.
+            # Its model logging copies every step-0 metric of the run onto that model and, with
+            # more than 100 keys at step 0, fails on a duplicate insert (MLflow 3.17's
+            # SqlAlchemyStore._log_model_metrics): our epoch-0 values arrive after it.
+            record["model_id"] = self._model_id
+            if epoch == 0:
+                record["after_model"] = self._model_id
+        outbox.put(record)
+        if epoch % self.log_every_n_epochs == 0:
+            for output, result in results:
+                self._log_epoch_json(output, result)
+            idle = self._rendering is None or self._rendering.done()
+            if idle and time.monotonic() >= self._next_render:
+                self._rendering = self._renderer.submit(self._log_epoch_images, results)
+
+    def _epoch_result(self, output: _OutputLog, epoch: int) -> _EpochResult | None:
+        splits: dict[str, functional.ClassificationState] = {}
+        if self.log_train:
+            splits["train"] = output.train_state if self._validated else self._read_state(output, "train")
+        if self._validated:
+            splits["val"] = self._read_state(output, "val")
+        for split in [split for split, state in splits.items() if state.num_samples == 0]:
+            # An empty split (e.g. validation_data with no rows) would log zero_division values
+            # as if they were scores: log nothing for it instead.
+            warn(
+                f"mlflow_mcmetrics counted no {split} samples in epoch {epoch}, so nothing is logged for "
+                f"that split: check that the {'validation_data' if split == 'val' else 'training data'} "
+                "is not empty (and its labels are in range).",
+                silent=self.silent,
+            )
+            del splits[split]
+        if not splits:
+            return None
+        scores = {split: metric_scores(state, output.metric) for split, state in splits.items()}
+        output.last_epoch = _EpochResult(epoch, scores, splits)
+        return output.last_epoch
+
+    def _read_state(self, output: _OutputLog, split: str) -> functional.ClassificationState:
+        state, rejected = output.metric.state()
+        invalid_labels, nonfinite = rejected
+        if invalid_labels:
+            warn(
+                f"{invalid_labels:g} {split} samples had labels outside [0, {output.metric.num_classes}) "
+                "and were left out of the metrics: check the labels and the model's output width.",
+                silent=self.silent,
+            )
+        if nonfinite:
+            warn(
+                f"{nonfinite:g} {split} predictions were NaN or infinite and were left out of "
+                "the metrics: training has probably diverged.",
+                silent=self.silent,
+            )
+        return state
+
+    # -- artifacts ---------------------------------------------------------------------------
+    def _log_json(self, make_payload: Callable[[], dict], artifact_file: str) -> None:
+        """Queue ``make_payload()`` as compact JSON; the outbox's sender builds it (a 1000-class
+        state takes half a second to serialise), so the training thread does not."""
+
+        def record():
+            # Compact: indented, a 1000-class matrix is 11 MB instead of 2.
+            return {"kind": "text", "artifact_file": artifact_file, "text": json.dumps(make_payload(), separators=(",", ":"))}
+
+        self._fit_run.outbox.put(record)
+
+    def _log_epoch_json(self, output: _OutputLog, result: _EpochResult) -> None:
+        folder = f"{output.artifact_dir}/epochs/{result.epoch:04d}"
+        labels = output.metric.scored_labels
+        for split, state in result.states.items():
+            if self.confusion_matrix:
+                self._log_json(
+                    functools.partial(report.confusion_matrix_payload, state, output.class_names, result.epoch, split),
+                    f"{folder}/{split}_confusion_matrix.json",
+                )
+            if state.score_histogram is not None:
+                self._log_json(
+                    functools.partial(report.pr_curves_payload, state, output.class_names, labels, result.scores[split]),
+                    f"{folder}/{split}_pr_curves.json",
+                )
+        result.json_logged = True
+
+    def _draw(self, output: _OutputLog, result: _EpochResult) -> dict[str, np.ndarray]:
+        """The report split's confusion-matrix and PR-curve images, by artifact stem, drawn
+        in the render process (see :mod:`mlflow_mcmetrics.render`)."""
+        split = result.report_split
+        title = f"{'Validation' if split == 'val' else 'Training'}, epoch {result.epoch}"
+        if output.name:
+            title = f"{output.name}: {title}"
+        return self._render_process.draw(
+            state=result.states[split], scores=result.scores[split], class_names=output.class_names,
+            labels=output.metric.scored_labels, zero_division=output.metric.zero_division, title=title,
+            confusion_matrix=self.confusion_matrix,
+        )
+
+    @guarded("draw this epoch's images")
+    def _log_epoch_images(self, results: list[tuple[_OutputLog, _EpochResult]]) -> None:
+        """Draw each output's figures and queue them as time-stepped images.
+
+        Drawing takes about a second of CPU (in a low-priority process), so the next drawing
+        may start only after ``1 / RENDER_TIME_SHARE`` times this one's duration: images then
+        take at most that share of wall time, however short the epochs are.
+        """
+        started = time.monotonic()
+        for output, result in results:
+            result.images = self._draw(output, result)
+            prefix = output.prefix(result.report_split)
+            for stem, image in result.images.items():
+                self._fit_run.outbox.put({"kind": "image", "key": metric_key(prefix, IMAGE_SECTION, stem),
+                                          "step": result.epoch, "png": _png_base64(image)})
+        finished = time.monotonic()
+        self._next_render = finished + (finished - started) * (1 / RENDER_TIME_SHARE - 1)
+
+    @guarded("log the final artifacts")
+    def _log_final_artifacts(self, output: _OutputLog) -> None:
+        """The last finished epoch: its per-epoch artifacts if not logged yet, the PNGs, reports."""
+        result = output.last_epoch
+        if not result.json_logged:
+            self._log_epoch_json(output, result)
+        if result.images is None:
+            result.images = self._draw(output, result)
+        images = dict(result.images)
+        split = result.report_split
+        names = [output.class_names[label] for label in output.metric.scored_labels]
+        images["f1_by_epoch"] = plots.figure_to_array(
+            plots.plot_f1_by_epoch(np.stack(output.f1_by_epoch[split]), names, title=f"F1 by class and epoch ({split})")
+        )
+        outbox = self._fit_run.outbox
+        for stem, image in images.items():
+            outbox.put({"kind": "png", "artifact_file": f"{output.artifact_dir}/{stem}.png", "png": _png_base64(image)})
+        document = report.classification_report(
+            result.states[split], output.class_names, labels=output.metric.scored_labels,
+            zero_division=output.metric.zero_division, scores=result.scores[split],
+        )
+        document.update(epoch=result.epoch, split=split)
+        outbox.put({"kind": "text", "artifact_file": f"{output.artifact_dir}/classification_report.json",
+                    "text": report.to_json(document)})
+        markdown = report.to_markdown(document, title=f"Classification report — {split}, epoch {result.epoch}")
+        outbox.put({"kind": "text", "artifact_file": f"{output.artifact_dir}/classification_report.md", "text": markdown})
+
+    def on_train_end(self, logs=None):
+        if self._fit_run is None:
+            return
+        self._wait_for_images()
+        for output in self._outputs:
+            if output.last_epoch is not None:
+                self._log_final_artifacts(output)
+        self._finish("FINISHED")
+
+    @guarded("finish the run")
+    def _finish(self, status: str) -> None:
+        """Deliver what is queued (or spool it) and end the run this callback started."""
+        fit_run, self._fit_run = self._fit_run, None
+        if fit_run is not None:
+            fit_run.finish(status)
+
+    def _wait_for_images(self) -> None:
+        if self._renderer is not None:
+            self._renderer.shutdown(wait=True)
+            self._renderer = None
+
+    def _close_renderers(self) -> None:
+        self._wait_for_images()
+        if self._render_process is not None:
+            self._render_process.close()
+            self._render_process = None

@@ -53,17 +53,16 @@ def _log_missing_params(params: dict) -> None:
 
 
 def _test_scores(model, x_test, y_test, class_names, prefix="test_") -> dict[str, float]:
-    """Evaluate on the test split through the model's own metric and log ``test_*`` values."""
+    """Score the test split (softmax outputs) and log its ``test_*`` values."""
     import mlflow
 
-    from mlflow_mcmetrics.callback import find_metric, metric_scores
+    from mlflow_mcmetrics import functional
     from mlflow_mcmetrics.naming import class_key_components
     from mlflow_mcmetrics.report import metric_values
 
-    model.evaluate(x_test, y_test, verbose=0)
-    metric = find_metric(model)
-    state, _ = metric.state()  # evaluate() left the test split's state in the metric
-    values = metric_values(metric_scores(state, metric), metric.scored_labels, class_key_components(class_names), prefix)
+    state = functional.update_state(y_test, model.predict(x_test, verbose=0), num_bins=functional.DEFAULT_PR_THRESHOLDS)
+    labels = list(range(len(class_names)))
+    values = metric_values(functional.classification_scores(state), labels, class_key_components(class_names), prefix)
     mlflow.log_metrics(values)
     return values
 
@@ -296,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sync_parser = commands.add_parser("sync", help="send what an outage left in the spool folder")
     sync_parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI / MLflow's default")
-    sync_parser.add_argument("--spool-dir", default="mcmetrics-spool")
+    sync_parser.add_argument("--spool-dir", default=None,
+                             help="default: $MCMETRICS_SPOOL_DIR, else ./mcmetrics-spool, the user cache and temp folders")
 
     args = parser.parse_args(argv)
     try:
@@ -314,7 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for run_id, count in delivered.items():
                 print(f"run {run_id}: {count} record(s) delivered")
             if not delivered:
-                print(f"nothing to send in {args.spool_dir}/")
+                from mlflow_mcmetrics.outbox import spool_dirs
+
+                folders = [args.spool_dir] if args.spool_dir else spool_dirs()
+                print(f"nothing to send in {', '.join(map(str, folders))}")
         elif args.command == "sequence":
             sequence(args.epochs, args.seed)
         else:

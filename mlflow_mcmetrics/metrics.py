@@ -12,11 +12,19 @@ from __future__ import annotations
 import keras
 import numpy as np
 from keras import ops
-from keras.src.backend import get_keras_mask
 
 from mlflow_mcmetrics.functional import DEFAULT_PR_THRESHOLDS, TASKS, ClassificationState, check_zero_division
 
-__all__ = ["DEFAULT_PR_THRESHOLDS", "ClassificationMetrics"]
+__all__ = ["DEFAULT_PR_THRESHOLDS", "ClassificationMetrics", "register_with_keras"]
+
+REGISTERED_NAME = "mlflow_mcmetrics>ClassificationMetrics"
+
+try:
+    from keras.src.backend import get_keras_mask
+except ImportError:  # not public API; the attribute is where Keras 3 has kept masks since 3.0
+
+    def get_keras_mask(x):
+        return getattr(x, "_keras_mask", None)
 
 
 def _weights_like(sample_weight, mask, shape):
@@ -34,7 +42,6 @@ def _weights_like(sample_weight, mask, shape):
     return weights
 
 
-@keras.saving.register_keras_serializable(package="mlflow_mcmetrics")
 class ClassificationMetrics(keras.metrics.Metric):
     """Exact epoch-level per-class precision, recall, F1 and PR curves for Keras models.
 
@@ -59,6 +66,11 @@ class ClassificationMetrics(keras.metrics.Metric):
         name: metric name; the logs get ``name`` and ``val_`` + ``name``.
 
     Counts are float32: exact for up to 2**24 samples per cell and epoch.
+
+    The class registers itself with Keras' serialization (as ``mlflow_mcmetrics>ClassificationMetrics``)
+    when it is first used or read as ``mlflow_mcmetrics.ClassificationMetrics``, not on import:
+    ``mlflow.tensorflow`` pickles Keras' whole registry into every model it logs, and a model
+    trained under ``autolog()`` alone must load where this package is not installed.
     """
 
     def __init__(
@@ -74,6 +86,10 @@ class ClassificationMetrics(keras.metrics.Metric):
         dtype=None,
     ):
         super().__init__(name=name, dtype=dtype)
+        if type(self) is ClassificationMetrics:
+            register_with_keras()
+        # Higher is better: EarlyStopping/ModelCheckpoint/ReduceLROnPlateau with mode="auto".
+        self._direction = "up"
         if task not in TASKS:
             raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}.")
         if int(num_classes) < 2 and task != "multilabel":
@@ -289,3 +305,9 @@ class ClassificationMetrics(keras.metrics.Metric):
             "pr_thresholds": self.pr_thresholds,
             "zero_division": self.zero_division,
         }
+
+
+def register_with_keras() -> None:
+    """Make :class:`ClassificationMetrics` known to ``keras.models.load_model`` (idempotent)."""
+    if keras.saving.get_registered_name(ClassificationMetrics) != REGISTERED_NAME:
+        keras.saving.register_keras_serializable(package="mlflow_mcmetrics")(ClassificationMetrics)

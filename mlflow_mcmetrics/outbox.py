@@ -1,65 +1,99 @@
 """Delivery to the tracking server that survives outages: queue, retry, spool, sync.
 
 Everything the callback logs goes through an :class:`Outbox`. A sender thread delivers the
-records in order, so the training thread only queues them: logging costs an epoch the time to
-build the values, not the round trips to the tracking store. A record that cannot be sent
-(server down, timeout, 5xx) stays queued, in order, and is retried at the next epoch end;
-MLflow's own HTTP retries are bounded for these calls, so a dead server costs the sender a few
-seconds per epoch, not minutes, and training none. What is still queued when training ends is
-written to ``./mcmetrics-spool/{run_id}.jsonl`` (atomically: a temporary file renamed into
-place) and ``mcmetrics sync`` replays it later. Replaying is idempotent: MLflow ignores a metric logged
-twice with the same key, value, timestamp and step, and artifacts are overwritten in place.
+records in order, so the training thread only queues them. Before it talks to an HTTP tracking
+server after a failure, the sender asks ``GET /health`` with a 3-second timeout
+(:func:`reachable`): a dead server costs one quick probe per epoch instead of MLflow's retry
+loop (7 retries, about four minutes), and the process environment is never touched (changing
+``os.environ`` while TensorFlow's threads read it crashes the process).
+
+A record that cannot be sent stays queued, in order, and is retried at the next epoch end. What
+is still queued when training ends is written to a spool file (atomically: a temporary file
+renamed into place) in the first writable folder of :func:`spool_dirs`, and ``mcmetrics sync``
+replays it later. Replaying is idempotent: MLflow ignores a metric logged twice with the same
+key, value, timestamp and step, and artifacts are overwritten in place.
+
+A run created while the server was down is an *offline run*: its first record asks for the run
+to be created (experiment, name, start time, tags); the sender creates it as soon as the server
+answers, and ``mcmetrics sync`` does if it never did during training.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
 import tempfile
 import threading
-import warnings
+import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from mlflow.entities import Metric, Param
+import requests
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-__all__ = ["DEFAULT_SPOOL_DIR", "Outbox", "bounded_http", "sync"]
+from mlflow_mcmetrics.events import logger, warn
 
-DEFAULT_SPOOL_DIR = "mcmetrics-spool"
+__all__ = ["OFFLINE_PREFIX", "Outbox", "finish_pending", "flush", "reachable", "spool_dirs", "sync"]
 
-# For our calls only: one attempt each with a short timeout instead of MLflow's defaults
-# (7 retries, backoff factor 2, 120 s timeout), which block a dead server's caller for minutes.
-_BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-_env_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def bounded_http():
-    with _env_lock:
-        saved = {name: os.environ.get(name) for name in _BOUNDED_HTTP}
-        os.environ.update(_BOUNDED_HTTP)
-        try:
-            yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+#: Run ids of offline runs (created locally while the server was down) start with this.
+OFFLINE_PREFIX = "offline-"
+#: How long a logged model may stay PENDING before records held for it are sent anyway.
+MODEL_WAIT_SECONDS = 600.0
 
 
-def _deliver(client: MlflowClient, run_id: str, record: dict) -> None:
+def reachable(tracking_uri: str) -> bool:
+    """Whether the tracking store answers quickly. Local stores always do; an HTTP server is
+    asked for ``/health`` once, with no retries (any HTTP answer counts, even an error status)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return True
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=3)
+    except requests.exceptions.SSLError:
+        return True  # something answered; MLflow's own TLS settings decide the rest
+    except requests.exceptions.RequestException:
+        return False
+    return True
+
+
+def spool_dirs() -> list[Path]:
+    """Where undelivered records are written, in order of preference: ``$MCMETRICS_SPOOL_DIR``
+    if set (alone), else ``./mcmetrics-spool``, the user's cache folder
+    (``$XDG_CACHE_HOME/mcmetrics/spool``, default ``~/.cache``), and a per-user temporary folder."""
+    chosen = os.environ.get("MCMETRICS_SPOOL_DIR")
+    if chosen:
+        return [Path(chosen)]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    return [
+        Path("mcmetrics-spool"),
+        cache / "mcmetrics" / "spool",
+        Path(tempfile.gettempdir()) / f"mcmetrics-spool-{user}",
+    ]
+
+
+def _deliver(client: MlflowClient, run_id: str, record: dict) -> str:
+    """Send one record; returns the run id (new for a ``create_run`` record)."""
     kind = record["kind"]
+    if kind == "create_run":
+        tags = record.get("tags") or {}
+        run = client.create_run(
+            record["experiment_id"], start_time=record["start_time"], tags=tags, run_name=record.get("run_name")
+        )
+        return run.info.run_id
     if kind == "metrics":
-        client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in record["metrics"]], synchronous=True)
+        model_id = record.get("model_id")
+        metrics = [Metric(k, v, t, s, model_id=model_id) for k, v, t, s in record["metrics"]]
+        client.log_batch(run_id, metrics=metrics, synchronous=True)
     elif kind == "params":
         client.log_batch(run_id, params=[Param(k, v) for k, v in record["params"].items()], synchronous=True)
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record["tags"].items()], synchronous=True)
     elif kind == "text":
         client.log_text(run_id, record["text"], record["artifact_file"])
     elif kind == "png":
@@ -67,19 +101,31 @@ def _deliver(client: MlflowClient, run_id: str, record: dict) -> None:
 
         image = Image.open(io.BytesIO(base64.b64decode(record["png"])))
         client.log_image(run_id, image, artifact_file=record["artifact_file"])
+    elif kind == "image":  # a time-stepped image (log_image key/step)
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(base64.b64decode(record["png"])))
+        client.log_image(run_id, image, key=record["key"], step=record["step"], synchronous=True)
+    elif kind == "end_run":
+        client.set_terminated(run_id, record["status"], end_time=record["end_time"])
     else:
         raise ValueError(f"Unknown spool record kind {kind!r}.")
+    return run_id
 
 
 def _write_atomically(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
-        for record in records:
-            file.write(json.dumps(record) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(handle, "w") as file:
+            for record in records:
+                file.write(json.dumps(record) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _read_spool(path: Path) -> list[dict]:
@@ -87,30 +133,69 @@ def _read_spool(path: Path) -> list[dict]:
         return [json.loads(line) for line in file if line.strip()]
 
 
+def spool(run_id: str, records: list[dict]) -> Path | None:
+    """Append ``records`` to ``{run_id}.jsonl`` in the first writable :func:`spool_dirs` folder;
+    ``None`` if no folder is writable."""
+    for folder in spool_dirs():
+        path = folder / f"{run_id}.jsonl"
+        try:
+            earlier = _read_spool(path) if path.exists() else []
+            _write_atomically(path, earlier + records)
+        except OSError as error:
+            logger.debug("spool folder %s is not writable: %s", folder, error)
+            continue
+        return path
+    return None
+
+
 class Outbox:
     """An ordered queue of records for one run, delivered by a sender thread.
 
-    Records are dicts: ``{"kind": "metrics", "metrics": [[key, value, timestamp_ms, step],
-    ...]}``, ``{"kind": "params", "params": {...}}``, ``{"kind": "text", "artifact_file",
-    "text"}`` and ``{"kind": "png", "artifact_file", "png": base64}``, or a function that builds
-    one: the sender calls it when the record's turn comes, so that serialising large payloads
-    happens off the training thread. :meth:`put` returns at once; after a failed delivery the
-    sender waits for :meth:`flush` (called once per epoch) before it tries again; :meth:`close`
-    makes a last attempt and spools what is left.
+    Records are dicts (see :func:`_deliver` for the kinds), or functions that build one: the
+    sender calls them when their turn comes, so that serialising large payloads happens off the
+    training thread. A record with ``"after_model": model_id`` is held until the outbox is closed
+    and that MLflow logged model has left its PENDING state (see ``MCMetricsCallback``: MLflow's
+    own model logging must copy the run's step-0 metrics before ours arrive).
+
+    :meth:`put` returns at once; after a failed delivery the sender waits for :meth:`flush`
+    (called once per epoch) before it tries again; :meth:`close` makes a last attempt within a
+    time limit and spools what is left.
+
+    Args:
+        run_id: the run, or an offline run id (see :meth:`offline`).
+        client: the MLflow client to deliver with.
+        silent: no :class:`~.events.MCMetricsWarning` for outages and spooling.
     """
 
-    def __init__(self, run_id: str, client: MlflowClient | None = None, spool_dir: str | os.PathLike = DEFAULT_SPOOL_DIR):
+    def __init__(self, run_id: str, client: MlflowClient | None = None, *, silent: bool = False):
         self.run_id = run_id
         self.client = client or MlflowClient()
-        self.spool_dir = Path(spool_dir)
+        self.silent = silent
+        self._tracking_uri = self.client.tracking_uri
         self._queue: deque[dict | Callable[[], dict]] = deque()
         self._changed = threading.Condition()
-        self._failing = False  # the last delivery failed: wait for flush() before the next try
-        self._retry = False  # flush() was called since that failure
+        self._failing = False  # the last attempt failed: wait for flush() before the next one
+        self._retry = False  # flush() or close() was called since that failure
         self._sending = False
-        self._closing = False
+        self._attempts = 0  # finished delivery attempts
+        self._closed_at: float | None = None  # time.monotonic() of close()
+        self._stopped = False  # close() gave up on the sender: it must exit
+        self._release_held = False  # send held records without waiting for their model
         self._sender = threading.Thread(target=self._send_forever, name=f"mcmetrics-outbox-{run_id}", daemon=True)
         self._sender.start()
+
+    @classmethod
+    def offline(cls, create_run: dict, client: MlflowClient | None = None, *, silent: bool = False) -> "Outbox":
+        """An outbox for a run that does not exist yet: ``create_run`` (``experiment_id``,
+        ``start_time``, ``tags``, ``run_name``) is its first record."""
+        outbox = cls(f"{OFFLINE_PREFIX}{uuid.uuid4().hex}", client, silent=silent)
+        outbox.put({"kind": "create_run", **create_run})
+        return outbox
+
+    @property
+    def offline_run(self) -> bool:
+        """Whether the run has not been created on the server yet."""
+        return self.run_id.startswith(OFFLINE_PREFIX)
 
     def put(self, record: dict | Callable[[], dict]) -> None:
         """Queue ``record`` for delivery; never blocks on the tracking server."""
@@ -126,114 +211,208 @@ class Outbox:
             self._changed.notify_all()
 
     def drain(self) -> bool:
-        """Block until everything queued is delivered (True) or a delivery failed (False)."""
+        """Block until everything sendable is delivered (True) or an attempt failed (False)."""
         with self._changed:
-            self._changed.wait_for(lambda: not self._sending and (not self._queue or self._failing and not self._retry))
-            return not self._queue
+            self._changed.wait_for(
+                lambda: not self._sending and (self._only_held() or self._failing and not self._retry)
+            )
+            return self._only_held()
 
-    def close(self) -> Path | None:
-        """Last attempt; stop the sender; spool what is left. Returns the spool file, or None
-        if everything was delivered."""
+    def close(self, timeout: float = 30.0) -> Path | None:
+        """Last attempt, for at most ``timeout`` seconds; spool what is left.
+
+        Records held for an MLflow logged model stay with the sender, which delivers them once
+        the model is logged (or :func:`finish_pending` spools them at exit). Returns the spool
+        file, or None if nothing was spooled.
+        """
         with self._changed:
-            self._retry = self._closing = True
+            attempts = self._attempts
+            self._retry, self._closed_at = True, time.monotonic()
             self._changed.notify_all()
-        self._sender.join()
-        if not self._queue:
+            # Wait for the last attempt: everything sent, only held records left, or a failure.
+            self._changed.wait_for(
+                lambda: self._only_held() and not self._sending or self._attempts > attempts and self._failing,
+                timeout,
+            )
+            if self._only_held() and not self._failing:
+                if self._queue:
+                    _PENDING.add(self)
+                return None
+        return self._stop_and_spool()
+
+    def _stop_and_spool(self) -> Path | None:
+        with self._changed:
+            # A record still on its way may arrive as well: replaying it is harmless.
+            left, self._stopped = list(self._queue), True
+            self._queue.clear()
+            self._changed.notify_all()
+        if not left:
             return None
-        path = self.spool_dir / f"{self.run_id}.jsonl"
-        earlier = _read_spool(path) if path.exists() else []
-        _write_atomically(path, earlier + [record() if callable(record) else record for record in self._queue])
-        count = len(self._queue)
-        self._queue.clear()
-        warnings.warn(
-            f"mlflow_mcmetrics could not send {count} record(s) of run {self.run_id}; they are in {path}. "
-            f"Replay them with: mcmetrics sync --tracking-uri <URI> (spool folder {self.spool_dir}).",
-            stacklevel=2,
-        )
+        built = [record() if callable(record) else record for record in left]
+        path = spool(self.run_id, built)
+        if path is None:
+            warn(
+                f"mlflow_mcmetrics lost {len(built)} record(s) of run {self.run_id}: the tracking "
+                f"server is unreachable and no spool folder is writable ({', '.join(map(str, spool_dirs()))}); "
+                "set MCMETRICS_SPOOL_DIR to a writable folder.",
+                silent=self.silent,
+            )
+        else:
+            warn(
+                f"mlflow_mcmetrics could not send {len(built)} record(s) of run {self.run_id}; they are "
+                f"in {path}. Replay them with: mcmetrics sync --tracking-uri {self._tracking_uri}",
+                silent=self.silent,
+            )
         return path
 
-    def _may_send(self) -> bool:
-        return bool(self._queue) and (not self._failing or self._retry)
+    @staticmethod
+    def _held(record) -> bool:
+        return isinstance(record, dict) and bool(record.get("after_model"))
+
+    def _only_held(self) -> bool:
+        return all(self._held(record) for record in self._queue)
+
+    def _done(self) -> bool:
+        return self._closed_at is not None and not self._queue
+
+    def _due(self) -> bool:
+        """Whether the sender has something to try now."""
+        if self._stopped or not self._queue or (self._failing and not self._retry):
+            return False
+        return not self._only_held() or self._closed_at is not None
 
     def _send_forever(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._may_send() or self._closing)
-                if not self._may_send():  # closing, and nothing more to try
+                self._changed.wait_for(lambda: self._stopped or self._due() or self._done())
+                if self._stopped or self._done():
                     return
                 self._sending, self._retry = True, False
-            delivered = self._send_queued()
+            delivered = reachable(self._tracking_uri) and self._send_queued()
             with self._changed:
                 self._sending = False
+                self._attempts += 1
                 if self._failing and delivered:
-                    warnings.warn("mlflow_mcmetrics reached the tracking server again; the queue is sent.", stacklevel=2)
+                    warn("mlflow_mcmetrics reached the tracking server again; the queue is sent.", silent=self.silent)
+                if not delivered and not self._failing:
+                    warn(
+                        f"mlflow_mcmetrics could not reach the tracking server at {self._tracking_uri}; "
+                        f"training goes on, {len(self._queue)} record(s) are queued and retried at the "
+                        "next epoch end.",
+                        silent=self.silent,
+                    )
                 self._failing = not delivered
                 self._changed.notify_all()
-                if self._closing and not self._may_send():
-                    return
+                if delivered and self._queue and self._only_held():
+                    self._changed.wait(0.5)  # held records: look at the logged model again soon
+
+    def _next(self) -> tuple[int, dict | Callable[[], dict]] | None:
+        """The first record that may be sent now, with its position."""
+        with self._changed:
+            for position, record in enumerate(self._queue):
+                if not self._held(record):
+                    return position, record
+            if not self._queue or self._closed_at is None:
+                return None
+            model_id = self._queue[0]["after_model"]
+            wait = not self._release_held and time.monotonic() - self._closed_at < MODEL_WAIT_SECONDS
+        if wait and self.client.get_logged_model(model_id).status == "PENDING":
+            return None
+        return 0, self._queue[0]
 
     def _send_queued(self) -> bool:
-        """Deliver from the head of the queue until it is empty (True) or a delivery fails.
+        """Deliver what may be sent until nothing is left (True) or a delivery fails (False).
 
         A record the server rejects as invalid (HTTP 4xx, e.g. a param changed within a run)
         would never succeed: it is dropped with a warning instead of blocking the queue.
         """
         while True:
-            with self._changed:
-                if not self._queue:
-                    return True
-                record = self._queue[0]  # only this thread removes or replaces records
+            try:
+                found = self._next()
+            except Exception:  # noqa: BLE001 - the model's status could not be read: retry later
+                logger.debug("reading a logged model's status failed", exc_info=True)
+                return False
+            if found is None:
+                return True
+            position, record = found
             if callable(record):
                 record = record()
                 with self._changed:
-                    self._queue[0] = record  # built once, even if its delivery is retried
+                    self._queue[position] = record  # built once, even if its delivery is retried
             try:
-                with bounded_http():
-                    _deliver(self.client, self.run_id, record)
+                self.run_id = _deliver(self.client, self.run_id, record)
             except MlflowException as error:
                 if not 400 <= error.get_http_status_code() < 500:
-                    self._warn_unreachable(error)
+                    logger.debug("delivery failed", exc_info=True)
                     return False
-                warnings.warn(f"mlflow_mcmetrics dropped a rejected {record['kind']} record: {error.message[:300]}",
-                              stacklevel=2)
-            except Exception as error:  # noqa: BLE001 - any other failure: keep it, retry later
-                self._warn_unreachable(error)
+                warn(f"mlflow_mcmetrics dropped a rejected {record['kind']} record: {error.message[:300]}",
+                     silent=self.silent)
+            except Exception:  # noqa: BLE001 - any other failure: keep it, retry later
+                logger.debug("delivery failed", exc_info=True)
                 return False
             with self._changed:
-                self._queue.popleft()
-
-    def _warn_unreachable(self, error: Exception) -> None:
-        if not self._failing:
-            warnings.warn(
-                f"mlflow_mcmetrics could not reach the tracking server ({type(error).__name__}: "
-                f"{str(error)[:200]}); training goes on, {len(self._queue)} record(s) are queued "
-                "and retried at the next epoch end.",
-                stacklevel=2,
-            )
+                if self._stopped:
+                    return True
+                del self._queue[position]
 
 
-def sync(tracking_uri: str | None = None, spool_dir: str | os.PathLike = DEFAULT_SPOOL_DIR) -> dict[str, int]:
-    """Replay every spool file in ``spool_dir``; delivered records are removed, a fully
-    delivered file is deleted. Returns ``{run_id: records delivered}``; records that still
-    fail stay in their file (run it again later)."""
+#: Outboxes closed with records held for a logged model; :func:`finish_pending` ends them.
+_PENDING: set[Outbox] = set()
+
+
+def flush(timeout: float = 60.0) -> None:
+    """Wait up to ``timeout`` seconds until finished fits have sent everything, including the
+    epoch-0 values held until MLflow's autologging has logged its model (the counterpart of
+    ``mlflow.flush_async_logging()``)."""
+    deadline = time.monotonic() + timeout
+    for outbox in list(_PENDING):
+        outbox._sender.join(max(0.0, deadline - time.monotonic()))
+        if not outbox._sender.is_alive():
+            _PENDING.discard(outbox)
+
+
+def finish_pending(timeout: float = 30.0) -> None:
+    """Send what closed outboxes still hold without waiting for their logged model, for up to
+    ``timeout`` seconds in all, then spool what is left (run at interpreter exit, when MLflow
+    has logged the model or never will)."""
+    deadline = time.monotonic() + timeout
+    for outbox in list(_PENDING):
+        with outbox._changed:
+            outbox._release_held = True
+            outbox._changed.notify_all()
+        outbox._sender.join(max(0.0, deadline - time.monotonic()))
+        outbox._stop_and_spool()
+        _PENDING.discard(outbox)
+
+
+def sync(tracking_uri: str | None = None, spool_dir: str | os.PathLike | None = None) -> dict[str, int]:
+    """Replay every spool file (in ``spool_dir``, default every folder of :func:`spool_dirs`).
+
+    Delivered records are removed and a fully delivered file is deleted. An offline run is
+    created by its first record. Returns ``{run_id: records delivered}`` (the new run id for
+    offline runs); records that still fail stay in their file (run it again later).
+    """
     client = MlflowClient(tracking_uri=tracking_uri)
+    folders = [Path(spool_dir)] if spool_dir is not None else spool_dirs()
     delivered: dict[str, int] = {}
-    for path in sorted(Path(spool_dir).glob("*.jsonl")):
+    for path in sorted(p for folder in folders for p in folder.glob("*.jsonl")):
         run_id = path.stem
         records = _read_spool(path)
         sent = 0
         for record in records:
             try:
-                with bounded_http():
-                    _deliver(client, run_id, record)
+                run_id = _deliver(client, run_id, record)
             except Exception as error:  # noqa: BLE001
-                warnings.warn(f"mcmetrics sync: run {run_id} stopped at record {sent + 1}/{len(records)}: {error}",
-                              stacklevel=2)
+                warn(f"mcmetrics sync: run {run_id} stopped at record {sent + 1}/{len(records)}: {error}")
                 break
             sent += 1
         remaining = records[sent:]
         if remaining:
-            _write_atomically(path, remaining)
+            # An offline run created just now keeps its new id for the records still to send.
+            target = path.with_name(f"{run_id}.jsonl")
+            _write_atomically(target, remaining)
+            if target != path:
+                path.unlink()
         else:
             path.unlink()
         delivered[run_id] = sent

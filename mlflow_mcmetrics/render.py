@@ -20,10 +20,11 @@ import struct
 import subprocess
 import sys
 import threading
-import warnings
 from typing import BinaryIO
 
 import numpy as np
+
+from mlflow_mcmetrics.events import warn
 
 __all__ = ["RenderProcess"]
 
@@ -74,8 +75,8 @@ class RenderProcess:
                 except (OSError, EOFError, pickle.PickleError) as error:
                     self._broken = True
                     self.close()
-                    warnings.warn(f"mlflow_mcmetrics draws its images in the training process: the render "
-                                  f"process failed ({type(error).__name__}: {error}).", stacklevel=2)
+                    warn(f"mlflow_mcmetrics draws its images in the training process: the render "
+                         f"process failed ({type(error).__name__}: {error}).")
                 else:
                     if isinstance(reply, BaseException):
                         raise reply

@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+# The spool's per-user fallback folder (outbox.spool_dirs) belongs to this test run.
+os.environ["XDG_CACHE_HOME"] = __import__("tempfile").mkdtemp(prefix="mcmetrics-test-cache-")
 
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -111,6 +113,10 @@ def tracking(mlflow_server, request, monkeypatch):
     mlflow.set_tracking_uri(mlflow_server)
     experiment = mlflow.set_experiment(f"{request.node.name}-{time.time_ns()}")
     yield mlflow.MlflowClient(), experiment.experiment_id
+    # No sender of a finished fit may outlive its test (it would poll beside the next test).
+    from mlflow_mcmetrics.outbox import finish_pending
+
+    finish_pending()
     while mlflow.active_run():
         mlflow.end_run()
     mlflow_mcmetrics.autolog(disable=True)

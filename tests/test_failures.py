@@ -1,0 +1,271 @@
+"""Training never crashes, hangs or silently loses a value because of logging (issue 15).
+
+Real faults where they can be made: a closed port, a server killed and restarted, SIGTERM and
+SIGINT sent to a training process, a read-only working directory for a non-root user. The
+training scripts run in child processes so that signals and process-wide hooks stay there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import keras
+import mlflow
+import pytest
+
+import mlflow_mcmetrics
+from conftest import REPO_ROOT, MlflowServer
+from mlflow_mcmetrics import MCMetricsWarning
+from test_training import dense_model
+
+pytestmark = pytest.mark.slow
+
+#: A training script: autolog() and a small fit on digits. {epochs}, {callbacks} and {after}
+#: are filled in; it prints one line per epoch start (to stdout, flushed).
+TRAINING = """
+import os, sys, time
+import keras, mlflow, numpy as np
+import mlflow_mcmetrics
+from sklearn.datasets import load_digits
+
+class Progress(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        print(f"epoch {{epoch}} at {{time.time()}}", flush=True)
+    def on_epoch_end(self, epoch, logs=None):
+        time.sleep({pause})
+
+x, y = load_digits(return_X_y=True)
+x = (x / 16).astype("float32")
+mlflow_mcmetrics.autolog(class_names=[f"digit {{i}}" for i in range(10)], pr_thresholds=64)
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"),
+                          keras.layers.Dense(10, activation="softmax")])
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+print("start", time.time(), flush=True)
+model.fit(x[:1200], y[:1200], validation_data=(x[1200:], y[1200:]), epochs={epochs}, verbose=0,
+          callbacks=[Progress()])
+print("after fit", time.time(), flush=True)
+{after}
+"""
+
+
+def training_script(tmp_path: Path, *, epochs=3, pause=0.0, after="", prelude="") -> Path:
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(prelude) + TRAINING.format(epochs=epochs, pause=pause, after=after))
+    return script
+
+
+def child_env(tracking_uri: str, **extra) -> dict:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1", **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    for name in ("MLFLOW_AUTOLOGGING_TESTING", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(name, None)  # set by earlier tests' mlflow.set_experiment(); each child has its own server
+    return env
+
+
+def closed_port_uri() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def only_run(uri: str) -> mlflow.entities.Run:
+    client = mlflow.MlflowClient(uri)
+    runs = [run for experiment in client.search_experiments() for run in client.search_runs([experiment.experiment_id])]
+    assert len(runs) == 1, ([r.info.run_id for r in runs], client.search_experiments(), client.tracking_uri)
+    return runs[0]
+
+
+def test_no_environment_change_from_this_package_during_a_fit_over_http(tmp_path, mlflow_server):
+    """Item 1: changing os.environ beside TensorFlow's threads crashes processes."""
+    prelude = """
+    import sys, traceback
+    CHANGES = []
+    def audit(event, args):
+        if event in ("os.putenv", "os.unsetenv"):
+            frames = [f.filename for f in traceback.extract_stack()]
+            if any("mlflow_mcmetrics" in name for name in frames):
+                CHANGES.append((event, args[0], frames[-3:]))
+    sys.addaudithook(audit)
+    """
+    after = "print('changes from mlflow_mcmetrics:', CHANGES)"
+    script = training_script(tmp_path, epochs=4, prelude=prelude, after=after)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
+                          env=child_env(mlflow_server), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "changes from mlflow_mcmetrics: []" in done.stdout, done.stdout
+
+
+def test_server_down_at_start_trains_at_once_and_sync_creates_the_run(tmp_path):
+    """Item 2: a closed port; training starts within seconds, `mcmetrics sync` delivers all."""
+    uri = closed_port_uri()
+    script = training_script(tmp_path, epochs=3)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
+                          env=child_env(uri), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split(" at ") for line in done.stdout.splitlines() if line.startswith("epoch"))
+    start = float(done.stdout.split("start ")[1].split()[0])
+    assert float(lines["epoch 0"]) - start < 10, done.stdout
+    assert "after fit" in done.stdout
+    (spooled,) = (tmp_path / "mcmetrics-spool").glob("offline-*.jsonl")
+    records = [json.loads(line) for line in spooled.read_text().splitlines()]
+    assert records[0]["kind"] == "create_run" and records[-1] == {**records[-1], "kind": "end_run", "status": "FINISHED"}
+
+    server = MlflowServer(tmp_path)
+    server.port, server.uri = int(uri.rsplit(":", 1)[1]), uri
+    server.start()
+    try:
+        sync = subprocess.run([sys.executable, "-m", "mlflow_mcmetrics.cli", "sync", "--tracking-uri", uri],
+                              capture_output=True, text=True, cwd=tmp_path, env=child_env(uri), timeout=300)
+        assert sync.returncode == 0 and "stopped at record" not in sync.stderr, sync.stderr[-3000:]
+        run = only_run(uri)
+        assert run.info.status == "FINISHED"
+        assert run.data.params["mcmetrics.task"] == "multiclass"
+        assert run.data.tags["mlflow.autologging"] == "mlflow_mcmetrics"
+        client = mlflow.MlflowClient(uri)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_f1/digit 3")] == [0, 1, 2]
+        report = json.loads(Path(client.download_artifacts(run.info.run_id, "mcmetrics/classification_report.json",
+                                                            str(tmp_path))).read_text())
+        assert report["epoch"] == 2
+        assert not list((tmp_path / "mcmetrics-spool").glob("*.jsonl"))
+    finally:
+        server.stop()
+
+
+def test_server_back_during_training_creates_the_run_then(tmp_path):
+    """Item 2: the offline run is created when the server answers, with the backlog."""
+    uri = closed_port_uri()
+    script = training_script(tmp_path, epochs=6, pause=1.0)
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=tmp_path, env=child_env(uri))
+    server = MlflowServer(tmp_path)
+    server.port, server.uri = int(uri.rsplit(":", 1)[1]), uri
+    try:
+        for line in child.stdout:
+            if line.startswith("epoch 1 "):
+                server.start()
+                break
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err[-3000:]
+        run = only_run(uri)
+        assert run.info.status == "FINISHED"
+        history = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "val_f1_macro")
+        assert [m.step for m in history] == list(range(6))
+        assert not (tmp_path / "mcmetrics-spool").exists()
+    finally:
+        child.kill()
+        server.stop()
+
+
+def test_unwritable_working_directory_falls_back_to_a_user_spool():
+    """Item 3: read-only directory, non-root user, server down: fit() returns, the spool
+    goes to the per-user temporary folder, the code after fit() runs."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the child as another user")
+    # A folder the other user can reach (pytest's tmp_path is private to root) but not write.
+    outer = Path(tempfile.mkdtemp(prefix="mcmetrics-readonly-"))
+    outer.chmod(0o755)
+    work = outer / "readonly"
+    work.mkdir()
+    script = training_script(work, epochs=2, after="print('saved model')")
+    work.chmod(0o555)
+    user_spool = Path("/tmp") / "mcmetrics-spool-65534"
+    env = child_env(closed_port_uri(), HOME="/nonexistent")
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, str(script)],
+                          capture_output=True, text=True, cwd=work, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "saved model" in done.stdout
+    assert str(user_spool) in done.stderr
+    spooled = [p for p in user_spool.glob("offline-*.jsonl") if p.stat().st_mtime > time.time() - 300]
+    assert spooled
+    for path in spooled:
+        path.unlink()
+    shutil.rmtree(outer)
+
+
+def test_nothing_writable_reports_the_exact_count_lost(tmp_path, digits, monkeypatch):
+    """Item 3: only if no folder is writable, one warning with the number of records."""
+    from mlflow_mcmetrics.outbox import Outbox
+
+    monkeypatch.setenv("MCMETRICS_SPOOL_DIR", "/proc/mcmetrics-cannot-write-here")
+    outbox = Outbox("a-run", mlflow.MlflowClient(closed_port_uri()))
+    for index in range(7):
+        outbox.put({"kind": "metrics", "metrics": [["f1_macro", 0.5, 0, index]]})
+    with pytest.warns(MCMetricsWarning, match="lost 7 record"):
+        assert outbox.close(timeout=10) is None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_fit_ends_the_run_killed_with_its_epochs(tmp_path, mlflow_server, signum):
+    """Item 4: SIGTERM (schedulers) and SIGINT (Ctrl-C) mid-fit."""
+    experiment = f"signal-{signum}-{time.time_ns()}"
+    prelude = f"import mlflow\nmlflow.set_experiment({experiment!r})\n"
+    script = training_script(tmp_path, epochs=50, pause=0.3, prelude=prelude)
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=tmp_path, env=child_env(mlflow_server))
+    try:
+        for line in child.stdout:
+            if line.startswith("epoch 3 "):
+                break
+        sent = time.monotonic()
+        child.send_signal(signum)
+        child.wait(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        child.kill()
+    assert child.returncode in ((-signal.SIGTERM, 143) if signum == signal.SIGTERM else (1, -signal.SIGINT, 130))
+    assert took < 15
+    client = mlflow.MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_f1/digit 3")]
+    assert steps[:3] == [0, 1, 2]
+
+
+def test_an_error_while_drawing_does_not_escape_fit(tracking, digits, monkeypatch):
+    """Item 5: errors in drawing, reporting, delivering become one warning each."""
+    from mlflow_mcmetrics import plots
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(plots, "plot_f1_by_epoch", broken)
+    client, _ = tracking
+    x, y, xv, yv = digits
+    mlflow_mcmetrics.autolog()
+    model = dense_model(64, 10, "softmax")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.warns(MCMetricsWarning, match="log the final artifacts .*no display"):
+        model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0)
+    run_id = mlflow.last_active_run().info.run_id
+    assert [m.step for m in client.get_metric_history(run_id, "val_f1/3")] == [0, 1]
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_warnings_have_their_category_and_silent_silences_them(tracking, digits):
+    """Item 6: out-of-range labels warn as MCMetricsWarning; silent=True hides them."""
+    x, y, xv, yv = digits
+    bad = y.copy()
+    bad[:10] = 12
+    for silent in (False, True):
+        mlflow_mcmetrics.autolog(silent=silent)
+        model = dense_model(64, 10, "softmax")
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=12))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, bad, epochs=1, batch_size=128, verbose=0)
+        ours = [w for w in caught if issubclass(w.category, MCMetricsWarning)]
+        assert len(ours) == (0 if silent else 1), [str(w.message) for w in caught]
+        if not silent:
+            assert "10 train samples had labels outside [0, 10)" in str(ours[0].message)
