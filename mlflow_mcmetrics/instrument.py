@@ -17,8 +17,8 @@ step, where Keras creates the model's own weights too.
 
 Detection rules (per output; an explicit ``task`` wins for a single-output model):
 
-1. a loss whose name says classification (``*crossentropy*``, ``*hinge*``, ``*focal*``,
-   ``ldam``) makes the output a classification output;
+1. a loss whose name or class name says classification (``*crossentropy*``, ``*hinge*``,
+   ``*focal*``, ``ldam``) makes the output a classification output;
 2. a regression loss (``mse``, ``mae``, ``huber``, ``log_cosh``, ``poisson``, ...) makes it not;
 3. any other loss: a softmax or sigmoid output layer makes it a classification output.
 
@@ -69,15 +69,16 @@ class OutputSpec:
     from_logits: bool
 
 
-def _loss_name_and_logits(loss) -> tuple[str, bool | None]:
-    """The snake_case name of a compiled loss and its ``from_logits``, where it says."""
+def _loss_name_and_logits(loss) -> tuple[str, str, bool | None]:
+    """A compiled loss's snake_case name, its class name in lower case (``""`` for strings and
+    functions) and its ``from_logits``, where it says."""
     if isinstance(loss, str):
-        return loss, None
+        return loss, "", None
     if isinstance(loss, keras.losses.Loss):
         # Keras' built-in losses wrap a function (BinaryCrossentropy.fn = binary_crossentropy).
         name = getattr(getattr(loss, "fn", None), "__name__", None) or loss.name
-        return name, loss.get_config().get("from_logits")
-    return getattr(loss, "__name__", "") or "", None
+        return name, type(loss).__name__.lower(), loss.get_config().get("from_logits")
+    return getattr(loss, "__name__", "") or "", "", None
 
 
 def _loss_of_output(loss, name: str | None, index: int):
@@ -128,14 +129,15 @@ def classification_outputs(
     compiled_loss = getattr(model, "loss", None)
     specs, skipped = [], []
     for index, (name, layer) in enumerate(zip(names, layers)):
-        loss_name, loss_logits = _loss_name_and_logits(_loss_of_output(compiled_loss, name, index))
+        loss_name, loss_class, loss_logits = _loss_name_and_logits(_loss_of_output(compiled_loss, name, index))
         activation = _activation_name(layer)
         output = f"output {name!r}" if name else "the output"
         forced = task != "auto" and len(layers) == 1
         if loss_name in _REGRESSION_LOSSES and not forced:
             skipped.append(f"{output} has a regression loss ({loss_name!r})")
             continue
-        if not (forced or _CLASSIFICATION_LOSS.search(loss_name) or activation in ("softmax", "sigmoid")):
+        says_classification = _CLASSIFICATION_LOSS.search(f"{loss_name} {loss_class}")
+        if not (forced or says_classification or activation in ("softmax", "sigmoid")):
             skipped.append(
                 f"{output} is neither softmax/sigmoid nor trained with a classification loss "
                 f"(loss {loss_name or 'unknown'!r}); pass task=... to autolog() to include it"
@@ -143,7 +145,7 @@ def classification_outputs(
             continue
         if task != "auto":
             output_task = task
-        elif "binary" in loss_name or activation == "sigmoid":
+        elif "binary" in f"{loss_name} {loss_class}" or activation == "sigmoid":
             output_task = "binary-or-multilabel"
         else:
             output_task = "multiclass"

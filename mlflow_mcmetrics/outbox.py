@@ -21,6 +21,7 @@ answers, and ``mcmetrics sync`` does if it never did during training.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
 import json
 import os
@@ -45,6 +46,9 @@ __all__ = ["OFFLINE_PREFIX", "Outbox", "finish_pending", "flush", "reachable", "
 OFFLINE_PREFIX = "offline-"
 #: How long a logged model may stay PENDING before records held for it are sent anyway.
 MODEL_WAIT_SECONDS = 600.0
+#: How long the sender waits for one delivery before it counts as failed. A server that dies
+#: during a call keeps MLflow's client in its retry loop (7 retries, about four minutes).
+DELIVERY_TIMEOUT = 20.0
 
 
 def reachable(tracking_uri: str) -> bool:
@@ -320,6 +324,20 @@ class Outbox:
             return None
         return 0, self._queue[0]
 
+    def _deliver_in_time(self, record: dict) -> str:
+        """:func:`_deliver` on a helper thread, given up after :data:`DELIVERY_TIMEOUT` (raises
+        ``TimeoutError``). A call given up on may still arrive later: records are idempotent."""
+        result: concurrent.futures.Future = concurrent.futures.Future()
+
+        def deliver():
+            try:
+                result.set_result(_deliver(self.client, self.run_id, record))
+            except BaseException as error:  # noqa: BLE001 - handed to the sender
+                result.set_exception(error)
+
+        threading.Thread(target=deliver, name="mcmetrics-delivery", daemon=True).start()
+        return result.result(DELIVERY_TIMEOUT)
+
     def _send_queued(self) -> bool:
         """Deliver what may be sent until nothing is left (True) or a delivery fails (False).
 
@@ -340,7 +358,7 @@ class Outbox:
                 with self._changed:
                     self._queue[position] = record  # built once, even if its delivery is retried
             try:
-                self.run_id = _deliver(self.client, self.run_id, record)
+                self.run_id = self._deliver_in_time(record)
             except MlflowException as error:
                 if not 400 <= error.get_http_status_code() < 500:
                     logger.debug("delivery failed", exc_info=True)

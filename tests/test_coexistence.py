@@ -285,3 +285,48 @@ def test_backup_and_restore_resumes_with_step_equal_to_epoch(tracking, digits, t
     resumed_epochs = list(range(4 - len(history.history["loss"]), 4))
     assert resumed_epochs[0] > 0
     assert [m.step for m in client.get_metric_history(run_id, "val_f1/3")] == resumed_epochs
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios of MLflow's tests/tensorflow/test_tensorflow2_autolog.py, with our autolog() on
+# --------------------------------------------------------------------------------------------
+
+
+def batches(data, target, batch_size):
+    yield from zip(np.split(data, len(data) // batch_size), np.split(target, len(target) // batch_size))
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_mlflow_generator_batch_size_and_last_active_run_are_mlflows(tracking, batch_size):
+    """MLflow's test_tf_keras_autolog_implicit_batch_size_for_generator_dataset_without_side_effects:
+    a regression model under mlflow.autolog() and ours; last_active_run() is MLflow's run."""
+    data = np.array([[1, 2, 3], [3, 2, 1], [2, 2, 2], [10, 20, 30], [30, 20, 10], [20, 20, 20]], dtype="float32")
+    target = np.array([[1], [3], [2], [11], [13], [12]], dtype="float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5, activation="relu", kernel_initializer="zeros"),
+                              keras.layers.Dense(1, kernel_initializer="zeros")])
+    model.compile(loss="mae", optimizer="adam", metrics=["mse"])
+    mlflow.autolog()
+    mlflow_mcmetrics.autolog()
+    actual = model.fit(batches(data, target, batch_size), verbose=0).history
+    assert sorted(actual) == ["loss", "mse"]
+    assert mlflow.last_active_run().data.params["batch_size"] == str(batch_size)
+
+
+@pytest.mark.parametrize("user_run", [False, True])
+def test_mlflow_tensorflow_autolog_run_ownership_is_unchanged(tracking, digits, user_run):
+    """MLflow's ..._ends_auto_created_run and ..._persists_manually_created_run."""
+    x, y, xv, yv = digits
+    mlflow.tensorflow.autolog()
+    mlflow_mcmetrics.autolog()
+    model = compiled_model()
+    if user_run:
+        with mlflow.start_run() as run:
+            model.fit(x, y, epochs=2, verbose=0)
+            assert mlflow.active_run().info.run_id == run.info.run_id
+    else:
+        model.fit(x, y, epochs=2, verbose=0)
+        assert mlflow.active_run() is None
+    run = mlflow.last_active_run()
+    assert run.data.tags.get("mlflow.autologging") == (None if user_run else "tensorflow")
+    assert "f1/3" in run.data.metrics and "accuracy" in run.data.metrics
+    mlflow.tensorflow.autolog(disable=True)

@@ -6,7 +6,7 @@ import keras
 import pytest
 
 from mlflow_mcmetrics.instrument import classification_outputs
-from mlflow_mcmetrics.losses import WeightedBinaryCrossentropy
+from mlflow_mcmetrics.losses import LogitAdjustedCrossentropy, WeightedBinaryCrossentropy
 
 
 def model_with(units: int, activation, loss, with_input: bool = True) -> keras.Model:
@@ -29,6 +29,8 @@ def custom_loss(y_true, y_pred):
         (1, "sigmoid", "binary_crossentropy", ("binary-or-multilabel", False)),
         (30, None, WeightedBinaryCrossentropy([1.0] * 30), ("binary-or-multilabel", True)),
         (5, "softmax", keras.losses.CategoricalFocalCrossentropy(), ("multiclass", False)),
+        # named "balanced_softmax": its class name says cross-entropy
+        (5, None, LogitAdjustedCrossentropy([5, 3, 2, 1, 1], name="balanced_softmax"), ("multiclass", True)),
         (1, None, "mse", None),  # rule 2
         (1, "sigmoid", "mse", None),  # rule 2 beats the sigmoid
         (3, None, custom_loss, None),  # rule 3: linear output, unknown loss
