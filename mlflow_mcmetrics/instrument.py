@@ -35,9 +35,26 @@ import weakref
 from collections.abc import Mapping, Sequence
 
 import keras
-from keras.src.trainers.compile_utils import MetricsList
 
 from mlflow_mcmetrics.metrics import ClassificationMetrics
+
+try:
+    # Keras' monitors (EarlyStopping & co., mode="auto") read a metric's direction only from
+    # inside its CompileMetrics or MetricsList.
+    from keras.src.trainers.compile_utils import MetricsList
+except ImportError:  # not public API: without it the metrics work, mode="auto" cannot see them
+
+    class MetricsList(keras.metrics.Metric):
+        def __init__(self, metrics, name="metrics_list"):
+            super().__init__(name=name)
+            self.metrics = metrics
+
+        def reset_state(self):
+            for metric in self.metrics:
+                metric.reset_state()
+
+        def get_result(self):
+            return {metric.name: metric.result() for metric in self.metrics}
 
 __all__ = [
     "FitClassificationMetrics",

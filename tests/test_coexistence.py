@@ -296,8 +296,19 @@ def batches(data, target, batch_size):
     yield from zip(np.split(data, len(data) // batch_size), np.split(target, len(target) // batch_size))
 
 
+@pytest.fixture
+def fresh_mlflow_autolog():
+    """As MLflow's own test file does: mlflow.autolog() enabled again in the same process
+    needs its import hooks and integration configs cleared first."""
+    from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS
+
+    for name in ("tensorflow", "keras"):
+        mlflow.utils.import_hooks._post_import_hooks.pop(name, None)
+        AUTOLOGGING_INTEGRATIONS.pop(name, None)
+
+
 @pytest.mark.parametrize("batch_size", [2, 3])
-def test_mlflow_generator_batch_size_and_last_active_run_are_mlflows(tracking, batch_size):
+def test_mlflow_generator_batch_size_and_last_active_run_are_mlflows(tracking, batch_size, fresh_mlflow_autolog):
     """MLflow's test_tf_keras_autolog_implicit_batch_size_for_generator_dataset_without_side_effects:
     a regression model under mlflow.autolog() and ours; last_active_run() is MLflow's run."""
     data = np.array([[1, 2, 3], [3, 2, 1], [2, 2, 2], [10, 20, 30], [30, 20, 10], [20, 20, 20]], dtype="float32")
