@@ -41,7 +41,7 @@ __all__ = ["INTEGRATION_NAME", "TESTED_VERSIONS", "autolog"]
 
 INTEGRATION_NAME = "mlflow_mcmetrics"
 #: ``{distribution: (lowest, highest)}`` versions CI runs the tests with (README: "Versions").
-TESTED_VERSIONS = {"keras": ("3.10.0", "3.15.1"), "mlflow": ("3.0.0", "3.17.2")}
+TESTED_VERSIONS = {"keras": ("3.11.0", "3.15.1"), "mlflow": ("3.0.0", "3.17.2")}
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
