@@ -115,12 +115,17 @@ def _activation_name(layer) -> str | None:
     return getattr(activation, "__name__", None)
 
 
+def _model_outputs(model: keras.Model) -> list | None:
+    """The model's symbolic outputs; None for a Sequential without Input or a subclassed model."""
+    try:
+        return model.outputs
+    except (AttributeError, ValueError):
+        return None
+
+
 def _output_layers(model: keras.Model) -> list:
     """The layer producing each output, where the model says (``[None]`` if it does not)."""
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):  # a Sequential without Input, a subclassed model
-        outputs = None
+    outputs = _model_outputs(model)
     if outputs:
         return [getattr(getattr(o, "_keras_history", None), "operation", None) for o in outputs]
     if isinstance(model, keras.Sequential) and model.layers:
@@ -213,10 +218,7 @@ def _select(structure, name: str | None, index: int):
 
 def _output_shapes(model: keras.Model) -> list[tuple] | None:
     """Each output's shape, if the model is built (``None``: known at the first step)."""
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        outputs = None
+    outputs = _model_outputs(model)
     if outputs:
         return [tuple(o.shape) for o in outputs]
     build_shapes = getattr(model, "_build_shapes_dict", None) if model.built else None
@@ -241,7 +243,7 @@ class FitInstrumentation:
 
     Attributes:
         metrics: ``{output name (None for a single output): metric}``, filled when the
-            output shapes are known (see :attr:`ready`).
+            output shapes are known.
     """
 
     def __init__(self, model: keras.Model, outputs: Sequence[OutputSpec], metric_kwargs: Mapping):
@@ -251,10 +253,6 @@ class FitInstrumentation:
         self.metrics: dict[str | None, ClassificationMetrics] = {}
         self.holder = MetricsHolder([], name="mcmetrics")
         self._attached = False
-
-    @property
-    def ready(self) -> bool:
-        return bool(self.metrics)
 
     def _build(self, shapes: Sequence[tuple]) -> None:
         for spec in self.outputs:

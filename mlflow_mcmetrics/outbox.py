@@ -196,11 +196,6 @@ class Outbox:
         outbox.put({"kind": "create_run", **create_run})
         return outbox
 
-    @property
-    def offline_run(self) -> bool:
-        """Whether the run has not been created on the server yet."""
-        return self.run_id.startswith(OFFLINE_PREFIX)
-
     def put(self, record: dict | Callable[[], dict]) -> None:
         """Queue ``record`` for delivery; never blocks on the tracking server."""
         with self._changed:
