@@ -65,33 +65,61 @@ class PredictEveryEpoch(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         predicted = self.model.predict(self.x_val, verbose=0).argmax(-1)
-        precision, recall, f1, _ = precision_recall_fscore_support(self.y_val, predicted, zero_division=0)
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            self.y_val, predicted, zero_division=0
+        )
         values = {}
         for c in range(len(f1)):
-            values.update({f"val_precision/{c}": precision[c], f"val_recall/{c}": recall[c], f"val_f1/{c}": f1[c]})
+            values.update(
+                {
+                    f"val_precision/{c}": precision[c],
+                    f"val_recall/{c}": recall[c],
+                    f"val_f1/{c}": f1[c],
+                }
+            )
         mlflow.log_metrics(values, step=epoch)
 
 
 def _cnn28(num_classes, seed):
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((28, 28, 1)), keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(num_classes),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(num_classes),
+        ]
+    )
 
 
 def _workloads():
     digits = datasets.load("digits", imbalance_ratio=20, seed=0)
-    yield ("MLproject CNN, digits, 10 classes", lambda: build_cnn(digits.x_train.shape[1:], 10, 0),
-           digits.x_train, digits.y_train, digits.x_val, digits.y_val, 32)
+    yield (
+        "MLproject CNN, digits, 10 classes",
+        lambda: build_cnn(digits.x_train.shape[1:], 10, 0),
+        digits.x_train,
+        digits.y_train,
+        digits.x_val,
+        digits.y_val,
+        32,
+    )
     rng = np.random.default_rng(0)
     for num_classes, samples in ((10, 2000), (100, 2000), (10, 14000)):
         x = rng.random((samples, 28, 28, 1), dtype=np.float32)
         y = rng.integers(0, num_classes, samples)
         split = samples * 3 // 4
-        yield (f"28x28 CNN, {num_classes} classes, {split} training images", lambda c=num_classes: _cnn28(c, 0),
-               x[:split], y[:split], x[split:], y[split:], 64)
+        yield (
+            f"28x28 CNN, {num_classes} classes, {split} training images",
+            lambda c=num_classes: _cnn28(c, 0),
+            x[:split],
+            y[:split],
+            x[split:],
+            y[split:],
+            64,
+        )
 
 
 def _epoch_time(condition, make_model, x, y, xv, yv, batch_size, epochs) -> float:
@@ -104,14 +132,34 @@ def _epoch_time(condition, make_model, x, y, xv, yv, batch_size, epochs) -> floa
     if condition == "ours, artifacts at end":
         mlflow_mcmetrics.autolog(silent=True, log_every_n_epochs=epochs + 1)
     model = make_model()
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     clock = EpochClock()
-    callbacks = [clock] + ([PredictEveryEpoch(xv, yv)] if condition == "mlflow + predict cb" else [])
+    callbacks = [clock] + (
+        [PredictEveryEpoch(xv, yv)] if condition == "mlflow + predict cb" else []
+    )
     if condition == "none":
-        model.fit(x, y, validation_data=(xv, yv), epochs=epochs, batch_size=batch_size, verbose=0, callbacks=callbacks)
+        model.fit(
+            x,
+            y,
+            validation_data=(xv, yv),
+            epochs=epochs,
+            batch_size=batch_size,
+            verbose=0,
+            callbacks=callbacks,
+        )
     else:
         with mlflow.start_run():
-            model.fit(x, y, validation_data=(xv, yv), epochs=epochs, batch_size=batch_size, verbose=0, callbacks=callbacks)
+            model.fit(
+                x,
+                y,
+                validation_data=(xv, yv),
+                epochs=epochs,
+                batch_size=batch_size,
+                verbose=0,
+                callbacks=callbacks,
+            )
     return clock.epoch_seconds()
 
 
@@ -119,23 +167,43 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", default="", help="run only the workloads whose name contains this")
+    parser.add_argument(
+        "--only", default="", help="run only the workloads whose name contains this"
+    )
     args = parser.parse_args()
     mlflow.set_tracking_uri(f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
-    conditions = ("none", "mlflow", "mlflow + ours", "ours, artifacts at end", "mlflow + predict cb")
-    print("| workload | " + " | ".join(f"{c} ms" for c in conditions)
-          + " | ours / mlflow | ours at end / mlflow | ours / predict cb |")
+    conditions = (
+        "none",
+        "mlflow",
+        "mlflow + ours",
+        "ours, artifacts at end",
+        "mlflow + predict cb",
+    )
+    print(
+        "| workload | "
+        + " | ".join(f"{c} ms" for c in conditions)
+        + " | ours / mlflow | ours at end / mlflow | ours / predict cb |"
+    )
     print("|---|" + "---|" * (len(conditions) + 3))
     for name, make_model, x, y, xv, yv, batch_size in _workloads():
         if args.only not in name:
             continue
-        rounds = [{c: _epoch_time(c, make_model, x, y, xv, yv, batch_size, args.epochs) for c in conditions}
-                  for _ in range(args.rounds)]
+        rounds = [
+            {
+                c: _epoch_time(c, make_model, x, y, xv, yv, batch_size, args.epochs)
+                for c in conditions
+            }
+            for _ in range(args.rounds)
+        ]
         times = {c: statistics.median(r[c] for r in rounds) for c in conditions}
-        print(f"| {name} | " + " | ".join(f"{times[c] * 1e3:.0f}" for c in conditions)
-              + f" | {times['mlflow + ours'] / times['mlflow']:.2f} | {times['ours, artifacts at end'] / times['mlflow']:.2f} | "
-              f"{times['mlflow + ours'] / times['mlflow + predict cb']:.2f} |",
-              flush=True)
+        print(
+            f"| {name} | "
+            + " | ".join(f"{times[c] * 1e3:.0f}" for c in conditions)
+            + f" | {times['mlflow + ours'] / times['mlflow']:.2f}"
+            + f" | {times['ours, artifacts at end'] / times['mlflow']:.2f} | "
+            f"{times['mlflow + ours'] / times['mlflow + predict cb']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

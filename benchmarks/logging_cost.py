@@ -49,7 +49,7 @@ def _state(num_classes, num_samples, bins, rng):
     logits = rng.normal(size=(num_samples, num_classes))
     logits[np.arange(num_samples), y_true] += 2.0
     scores = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    return functional.update_state(y_true, scores, num_bins=bins)
+    return functional.state_from_predictions(y_true, scores, num_bins=bins)
 
 
 def _log_batch_times(client, run_id, values, steps, repeat=3):
@@ -91,29 +91,55 @@ def main() -> None:
 
     data = datasets.load("digits", imbalance_ratio=20, seed=0)
     model = build_cnn(data.x_train.shape[1:], 10, seed=0)
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val), epochs=2, batch_size=32, verbose=0)
+    model.compile(
+        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(
+        data.x_train,
+        data.y_train,
+        validation_data=(data.x_val, data.y_val),
+        epochs=2,
+        batch_size=32,
+        verbose=0,
+    )
     epoch = _median_seconds(
-        lambda: model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
-                          epochs=1, batch_size=32, verbose=0),
+        lambda: model.fit(
+            data.x_train,
+            data.y_train,
+            validation_data=(data.x_val, data.y_val),
+            epochs=1,
+            batch_size=32,
+            verbose=0,
+        ),
         repeat=7,
     )
-    print(f"baseline: one epoch of the MLproject's default CNN (digits, ratio 20, batch 32): {epoch * 1000:.0f} ms")
+    print(
+        "baseline: one epoch of the MLproject's default CNN (digits, ratio 20, batch 32): "
+        f"{epoch * 1000:.0f} ms"
+    )
 
     rng = np.random.default_rng(0)
     workdir = tempfile.mkdtemp()
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
-    print("\n| classes | metrics/epoch | metrics queued ms | metrics stored ms | json queued ms | json stored ms "
-          "| json KB | training thread / epoch | one image pair ms (background) "
-          "| MLflow log_batch ms | MLflow synchronous=False: queued ms | stored ms |")
+    print(
+        "\n| classes | metrics/epoch | metrics queued ms | metrics stored ms | json queued ms | "
+        "json stored ms "
+        "| json KB | training thread / epoch | one image pair ms (background) "
+        "| MLflow log_batch ms | MLflow synchronous=False: queued ms | stored ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for num_classes in (10, 100, 1000):
         metric = ClassificationMetrics(num_classes, pr_thresholds=DEFAULT_PR_THRESHOLDS)
         callback = callback_module.MCMetricsCallback(metric=metric)
         names = [f"class {i}" for i in range(num_classes)]
-        output = callback_module._OutputLog(None, metric, names, callback_module.class_key_components(names))
+        output = callback_module._OutputLog(
+            None, metric, names, callback_module.class_key_components(names)
+        )
         samples = max(1000, 5 * num_classes)
-        states = {split: _state(num_classes, samples, DEFAULT_PR_THRESHOLDS, rng) for split in ("train", "val")}
+        states = {
+            split: _state(num_classes, samples, DEFAULT_PR_THRESHOLDS, rng)
+            for split in ("train", "val")
+        }
         with mlflow.start_run() as run:
             client = mlflow.MlflowClient()
             callback._fit_run = FitRun(Outbox(run.info.run_id, client), owned=False)
@@ -122,13 +148,24 @@ def main() -> None:
             step = iter(range(10**6))
 
             def metrics():
-                scores = {split: callback_module.metric_scores(state, metric) for split, state in states.items()}
+                scores = {
+                    split: callback_module.metric_scores(state, metric)
+                    for split, state in states.items()
+                }
                 values = {}
                 for split, split_scores in scores.items():
-                    values.update(report.metric_values(split_scores, metric.scored_labels, output.class_keys,
-                                                       output.prefix(split)))
+                    values.update(
+                        report.metric_values(
+                            split_scores,
+                            metric.scored_labels,
+                            output.class_keys,
+                            output.prefix(split),
+                        )
+                    )
                 epoch = next(step)
-                outbox.put({"kind": "metrics", "metrics": [[k, v, 0, epoch] for k, v in values.items()]})
+                outbox.put(
+                    {"kind": "metrics", "metrics": [[k, v, 0, epoch] for k, v in values.items()]}
+                )
                 return scores, values
 
             scores, values = metrics()
@@ -136,17 +173,30 @@ def main() -> None:
             outbox.drain()
             metrics_time = _median_seconds(metrics, repeat=3, then=outbox.drain)
             metrics_stored = _median_seconds(lambda: (metrics(), outbox.drain()), repeat=3)
-            json_time = _median_seconds(lambda: callback._log_epoch_json(output, result), repeat=3, then=outbox.drain)
-            json_stored = _median_seconds(lambda: (callback._log_epoch_json(output, result), outbox.drain()), repeat=3)
-            image_time = _median_seconds(lambda: callback._log_epoch_images([(output, result)]), repeat=1)
-            sync_time, queued_time, stored_time = _log_batch_times(client, run.info.run_id, values, step)
+            json_time = _median_seconds(
+                lambda: callback._log_epoch_json(output, result), repeat=3, then=outbox.drain
+            )
+            json_stored = _median_seconds(
+                lambda: (callback._log_epoch_json(output, result), outbox.drain()), repeat=3
+            )
+            image_time = _median_seconds(
+                lambda: callback._log_epoch_images([(output, result)]), repeat=1
+            )
+            sync_time, queued_time, stored_time = _log_batch_times(
+                client, run.info.run_id, values, step
+            )
             folder = client.download_artifacts(run.info.run_id, "mcmetrics/epochs/0000", workdir)
             size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / 1024
             callback._render_process.close()
             callback._finish("FINISHED")
-        print(f"| {num_classes} | {len(values)} | {metrics_time * 1000:.1f} | {metrics_stored * 1000:.0f} | "
-              f"{json_time * 1000:.1f} | {json_stored * 1000:.0f} | {size:.0f} | {(metrics_time + json_time) / epoch:.2f} | "
-              f"{image_time * 1000:.0f} | {sync_time * 1000:.0f} | {queued_time * 1000:.1f} | {stored_time * 1000:.0f} |")
+        print(
+            f"| {num_classes} | {len(values)} | {metrics_time * 1000:.1f} | "
+            f"{metrics_stored * 1000:.0f} | "
+            f"{json_time * 1000:.1f} | {json_stored * 1000:.0f} | {size:.0f} | "
+            f"{(metrics_time + json_time) / epoch:.2f} | "
+            f"{image_time * 1000:.0f} | {sync_time * 1000:.0f} | {queued_time * 1000:.1f} | "
+            f"{stored_time * 1000:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
     python benchmarks/memory.py
 
-State bytes are read off the metric's variables (float32): C×C confusion matrix,
-2×C×T histogram, 2 rejected counters. Streaming: batches of 1000 samples of C=10 softmax
-scores through a compiled ``update_state``; the peak resident set size (``ru_maxrss``) is read
-after 10^4 samples and again after 10^6 more. Exact state means constant memory: the second
-figure must not grow with the number of samples.
+State bytes are read off the metric's variables: two float32 vectors (the running and the
+carried part of every count, see ``metrics.ExactCounts``), each holding the C×C confusion
+matrix, 3×C per-class counts, 2 rejected counters and the 2×C×T histogram. Streaming:
+batches of 1000 samples of C=10 softmax scores through a compiled ``update_state``; the peak
+resident set size (``ru_maxrss``) is read after 10^4 samples and again after 10^6 more. Exact
+state means constant memory: the second figure must not grow with the number of samples.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def main() -> None:
         seen += samples
         print(f"| {seen:,} | {counted:,.0f} | {peak:.0f} |")
     growth = results[1][1] - results[0][1]
-    print(f"\npeak RSS growth from 10^4 to 10^4 + 10^6 samples: {growth:.1f} MiB "
-          f"(state: {sum(int(np.prod(v.shape)) * 4 for v in metric.variables):,} bytes)")
+    print(
+        f"\npeak RSS growth from 10^4 to 10^4 + 10^6 samples: {growth:.1f} MiB "
+        f"(state: {sum(int(np.prod(v.shape)) * 4 for v in metric.variables):,} bytes)"
+    )
     keras.backend.clear_session()
 
 

@@ -25,15 +25,21 @@ SCRIPTS = {
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions where a script supports it")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions where a script supports it"
+    )
     args = parser.parse_args()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     status = 0
     for script, title in SCRIPTS.items():
         print(f"\n## {title} ({script})\n", flush=True)
         extra = ["--quick"] if args.quick and script == "update_cost.py" else []
-        extra += ["--epochs", "5", "--rounds", "1"] if args.quick and script == "fit_overhead.py" else []
-        result = subprocess.run([sys.executable, str(HERE / script), *extra], env=env, capture_output=True, text=True)
+        extra += (
+            ["--epochs", "5", "--rounds", "1"] if args.quick and script == "fit_overhead.py" else []
+        )
+        result = subprocess.run(
+            [sys.executable, str(HERE / script), *extra], env=env, capture_output=True, text=True
+        )
         print("\n".join(line for line in result.stdout.splitlines() if line.strip()), flush=True)
         if result.returncode:
             print(result.stderr[-2000:], file=sys.stderr)

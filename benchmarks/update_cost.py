@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 from mlflow_mcmetrics import ClassificationMetrics  # noqa: E402
+from mlflow_mcmetrics.functional import DEFAULT_PR_THRESHOLDS  # noqa: E402
 
 BINS = 200
 
@@ -92,13 +93,22 @@ def _time_ours(metric, y_true, y_pred, xla, calls) -> float:
 def _metric_call(metric, y_true, y_pred, xla):
     """A compiled update of ``metric`` that returns something to block on."""
     if keras.backend.backend() == "jax":
-        step = _compiled(metric.stateless_update_state, xla)
-        state = [v.value for v in metric.variables]
-        return lambda: step(state, y_true, y_pred)
+        import jax
+
+        # Donated, as Keras' JAX trainer donates its state: the update then writes in place.
+        step = jax.jit(metric.stateless_update_state, donate_argnums=0)
+        state = [[v.value for v in metric.variables]]
+
+        def call():
+            state[0] = step(state[0], y_true, y_pred)
+            return state[0]
+
+        return call
 
     def update(t, p):
         metric.update_state(t, p)
-        return metric.variables[0]
+        # What Keras' train step returns every batch; a dense read of the state would copy it.
+        return metric.result()
 
     step = _compiled(update, xla)
     return lambda: step(y_true, y_pred)
@@ -106,7 +116,9 @@ def _metric_call(metric, y_true, y_pred, xla):
 
 def _keras_call(num_classes, y_true_one_hot, y_pred, xla):
     f1 = keras.metrics.F1Score(average=None)
-    auc = keras.metrics.AUC(curve="PR", multi_label=True, num_labels=num_classes, num_thresholds=BINS)
+    auc = keras.metrics.AUC(
+        curve="PR", multi_label=True, num_labels=num_classes, num_thresholds=BINS
+    )
 
     def update(t, p):
         f1.update_state(t, p)
@@ -124,7 +136,9 @@ def _torchmetrics_call(num_classes, labels, scores):
     except ImportError:
         return None
     torch.set_num_threads(os.cpu_count() or 1)
-    curve = MulticlassPrecisionRecallCurve(num_classes=num_classes, thresholds=BINS, validate_args=False)
+    curve = MulticlassPrecisionRecallCurve(
+        num_classes=num_classes, thresholds=BINS, validate_args=False
+    )
     f1 = MulticlassF1Score(num_classes=num_classes, average=None, validate_args=False)
     target, preds = torch.from_numpy(labels), torch.from_numpy(scores)
 
@@ -135,19 +149,58 @@ def _torchmetrics_call(num_classes, labels, scores):
     return update
 
 
+def bins_table(args, xla: bool, mode: str) -> None:
+    """The update's cost against the number of score bins T, batch 32 (issue 17's rows)."""
+    rng = np.random.default_rng(1)
+    print("\n| mode | C | batch | T | ms per update | ratio |")
+    print("|---|---|---|---|---|---|")
+    for num_classes, bin_counts in (
+        (10, (0, DEFAULT_PR_THRESHOLDS)),
+        (1000, (200, DEFAULT_PR_THRESHOLDS, 16384)),
+    ):
+        labels = ops.convert_to_tensor(rng.integers(0, num_classes, 32))
+        logits = rng.normal(size=(32, num_classes)).astype("float32")
+        scores = ops.convert_to_tensor(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+        calls = 50 if args.quick else 300
+        first = None
+        for bins in bin_counts:
+            cost = _time_ours(
+                ClassificationMetrics(num_classes, pr_thresholds=bins), labels, scores, xla, calls
+            )
+            first = first or cost
+            print(
+                f"| {mode} | {num_classes} | 32 | {bins} | {cost * 1e3:.3f} | {cost / first:.2f} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer calls per cell")
-    parser.add_argument("--no-torchmetrics", action="store_true", help="skip torchmetrics (slow at C=1000)")
+    parser.add_argument(
+        "--no-torchmetrics", action="store_true", help="skip torchmetrics (slow at C=1000)"
+    )
+    parser.add_argument(
+        "--bins-only", action="store_true", help="only the cost against the number of bins"
+    )
     args = parser.parse_args()
     backend = keras.backend.backend()
     rng = np.random.default_rng(0)
-    modes = [("tf.function", False), ("XLA", True)] if backend == "tensorflow" else [("jax.jit", True)]
+    modes = (
+        [("tf.function", False), ("XLA", True)] if backend == "tensorflow" else [("jax.jit", True)]
+    )
     print(f"backend {backend}; devices: {_devices()}")
     if backend == "jax":
         print("our updates run under jax.transfer_guard('disallow'): no host-device transfer")
-    print("| mode | C | batch | floor ms | ours cm ms | ours full ms | keras F1+AUC ms | torchmetrics ms "
-          "| keras / ours full | torchmetrics / ours full | ours full / floor |")
+    for mode, xla in modes:
+        bins_table(args, xla, mode)
+    if args.bins_only:
+        return
+    print(
+        "| mode | C | batch | floor ms | ours cm ms | ours full ms | keras F1+AUC ms | "
+        "torchmetrics ms "
+        "| keras / ours full | torchmetrics / ours full | ours full / floor |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for mode, xla in modes:
         for num_classes in (10, 100, 1000):
@@ -157,20 +210,38 @@ def main() -> None:
                 scores = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype("float32")
                 y_true = ops.convert_to_tensor(labels)
                 y_pred = ops.convert_to_tensor(scores)
-                calls = max(3, int((20 if args.quick else 100) * 256 * 10 / (batch * num_classes) ** 0.8))
+                calls = max(
+                    3, int((20 if args.quick else 100) * 256 * 10 / (batch * num_classes) ** 0.8)
+                )
                 floor = _time(lambda f=_compiled(lambda p: ops.sum(p), xla): f(y_pred), calls)
-                cm = _time_ours(ClassificationMetrics(num_classes, pr_thresholds=0), y_true, y_pred, xla, calls)
-                full = _time_ours(ClassificationMetrics(num_classes, pr_thresholds=BINS), y_true, y_pred, xla, calls)
+                cm = _time_ours(
+                    ClassificationMetrics(num_classes, pr_thresholds=0), y_true, y_pred, xla, calls
+                )
+                full = _time_ours(
+                    ClassificationMetrics(num_classes, pr_thresholds=BINS),
+                    y_true,
+                    y_pred,
+                    xla,
+                    calls,
+                )
                 keras_time = (
-                    _time(_keras_call(num_classes, ops.one_hot(y_true, num_classes), y_pred, xla), calls)
-                    if backend == "tensorflow" else float("nan")
+                    _time(
+                        _keras_call(num_classes, ops.one_hot(y_true, num_classes), y_pred, xla),
+                        calls,
+                    )
+                    if backend == "tensorflow"
+                    else float("nan")
                 )
                 wanted = mode != "XLA" and not args.no_torchmetrics
                 torch_call = _torchmetrics_call(num_classes, labels, scores) if wanted else None
                 torch_time = _time(torch_call, calls) if torch_call else float("nan")
-                print(f"| {mode} | {num_classes} | {batch} | {floor * 1e3:.3f} | {cm * 1e3:.3f} | {full * 1e3:.3f} | "
-                      f"{keras_time * 1e3:.3f} | {torch_time * 1e3:.3f} | {keras_time / full:.1f} | "
-                      f"{torch_time / full:.1f} | {full / floor:.1f} |", flush=True)
+                print(
+                    f"| {mode} | {num_classes} | {batch} | {floor * 1e3:.3f} | {cm * 1e3:.3f} | "
+                    f"{full * 1e3:.3f} | "
+                    f"{keras_time * 1e3:.3f} | {torch_time * 1e3:.3f} | {keras_time / full:.1f} | "
+                    f"{torch_time / full:.1f} | {full / floor:.1f} |",
+                    flush=True,
+                )
 
 
 def _devices() -> str:

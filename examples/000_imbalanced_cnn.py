@@ -26,11 +26,28 @@ counts = np.bincount(data.y_train, minlength=data.num_classes)
 
 mlflow_mcmetrics.autolog(class_names=data.class_names)
 model = build_cnn(data.x_train.shape[1:], data.num_classes, seed=0)
-model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=losses.get("weighted_cce", counts), metrics=["accuracy"])
+model.compile(
+    optimizer=keras.optimizers.Adam(3e-3),
+    loss=losses.get("weighted_cce", counts),
+    metrics=["accuracy"],
+)
 model.fit(
-    data.x_train, data.y_train, validation_data=(data.x_val, data.y_val), epochs=args.epochs, batch_size=32, verbose=2,
-    callbacks=[keras.callbacks.EarlyStopping(monitor="val_f1_macro", mode="max", patience=10, restore_best_weights=True)],
+    data.x_train,
+    data.y_train,
+    validation_data=(data.x_val, data.y_val),
+    epochs=args.epochs,
+    batch_size=32,
+    verbose=2,
+    callbacks=[
+        keras.callbacks.EarlyStopping(
+            monitor="val_f1_macro", mode="max", patience=10, restore_best_weights=True
+        )
+    ],
 )
 run = mlflow.last_active_run()
-print("val macro F1", round(run.data.metrics["val_f1_macro"], 3),
-      "| val recall per class", [round(run.data.metrics[f"val_recall/{c}"], 2) for c in data.class_names])
+print(
+    "val macro F1",
+    round(run.data.metrics["val_f1_macro"], 3),
+    "| val recall per class",
+    [round(run.data.metrics[f"val_recall/{c}"], 2) for c in data.class_names],
+)

@@ -22,12 +22,22 @@ tokens, tags = padded_sequences(num_sequences=800, num_tags=6)  # 0 = padding in
 split = 640
 
 mlflow_mcmetrics.autolog(ignore_class=0, class_names=["<pad>", "O", "B", "I", "E", "S"])
-model = keras.Sequential([
-    keras.Input((tokens.shape[1],)),
-    keras.layers.Embedding(int(tokens.max()) + 1, 32, mask_zero=True),
-    keras.layers.LSTM(32, return_sequences=True),
-    keras.layers.Dense(6, activation="softmax"),
-])
+model = keras.Sequential(
+    [
+        keras.Input((tokens.shape[1],)),
+        keras.layers.Embedding(int(tokens.max()) + 1, 32, mask_zero=True),
+        keras.layers.LSTM(32, return_sequences=True),
+        keras.layers.Dense(6, activation="softmax"),
+    ]
+)
 model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
-model.fit(tokens[:split], tags[:split], validation_data=(tokens[split:], tags[split:]), epochs=args.epochs, verbose=2)
-print("val macro F1 without padding:", round(mlflow.last_active_run().data.metrics["val_f1_macro"], 3))
+model.fit(
+    tokens[:split],
+    tags[:split],
+    validation_data=(tokens[split:], tags[split:]),
+    epochs=args.epochs,
+    verbose=2,
+)
+print(
+    "val macro F1 without padding:", round(mlflow.last_active_run().data.metrics["val_f1_macro"], 3)
+)

@@ -23,9 +23,25 @@ args = parser.parse_args()
 data = load("digits", imbalance_ratio=10, seed=1)
 mlflow_mcmetrics.autolog(class_names=[f"digit {c}" for c in data.class_names], pr_curves=True)
 model = build_cnn(data.x_train.shape[1:], 10, seed=1)
-model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val), epochs=args.epochs, verbose=2)
+model.compile(
+    keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+)
+model.fit(
+    data.x_train,
+    data.y_train,
+    validation_data=(data.x_val, data.y_val),
+    epochs=args.epochs,
+    verbose=2,
+)
 
 run = mlflow.last_active_run()
-print("val AP per class:", {c: round(run.data.metrics[f"val_ap/digit {c}"], 3) for c in data.class_names})
-print("PR curves:", mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="mcmetrics/pr_curves.png"))
+print(
+    "val AP per class:",
+    {c: round(run.data.metrics[f"val_ap/digit {c}"], 3) for c in data.class_names},
+)
+print(
+    "PR curves:",
+    mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="mcmetrics/pr_curves.png"
+    ),
+)

@@ -28,9 +28,25 @@ else:
     loss = keras.losses.BinaryCrossentropy(from_logits=True)
 
 mlflow_mcmetrics.autolog(task="multilabel")  # logits are inferred from the linear output
-model = keras.Sequential([keras.Input((30,)), keras.layers.Dense(100, activation="relu"),
-                          keras.layers.Dense(100, activation="relu"), keras.layers.Dense(30)])
+model = keras.Sequential(
+    [
+        keras.Input((30,)),
+        keras.layers.Dense(100, activation="relu"),
+        keras.layers.Dense(100, activation="relu"),
+        keras.layers.Dense(30),
+    ]
+)
 model.compile(optimizer="adam", loss=loss)
-model.fit(x[:split], y[:split], validation_data=(x[split:], y[split:]), epochs=args.epochs, batch_size=64, verbose=2)
+model.fit(
+    x[:split],
+    y[:split],
+    validation_data=(x[split:], y[split:]),
+    epochs=args.epochs,
+    batch_size=64,
+    verbose=2,
+)
 metrics = mlflow.last_active_run().data.metrics
-print(f"{args.loss}: val macro recall {metrics['val_recall_macro']:.3f}, macro F1 {metrics['val_f1_macro']:.3f}")
+print(
+    f"{args.loss}: val macro recall {metrics['val_recall_macro']:.3f}, macro F1 "
+    f"{metrics['val_f1_macro']:.3f}"
+)

@@ -1,4 +1,4 @@
-"""``mlflow_mcmetrics.autolog()``: per-class metrics for every ``fit()``, like ``mlflow.keras.autolog``.
+"""``mlflow_mcmetrics.autolog()``: per-class metrics for every ``fit()``, as MLflow's autologging.
 
 One patch, through MLflow's ``safe_patch`` (so ``disable=True``, ``silent``, ``exclusive`` and
 MLflow's autologging test mode behave as in MLflow's own integrations):
@@ -33,9 +33,9 @@ from mlflow.utils.autologging_utils import (
 
 from mlflow_mcmetrics.callback import MCMetricsCallback
 from mlflow_mcmetrics.events import logger
-from mlflow_mcmetrics.functional import TASKS, check_zero_division
 from mlflow_mcmetrics.instrument import FitInstrumentation, classification_outputs
 from mlflow_mcmetrics.metrics import DEFAULT_PR_THRESHOLDS
+from mlflow_mcmetrics.validation import check_arguments
 
 __all__ = ["INTEGRATION_NAME", "TESTED_VERSIONS", "autolog"]
 
@@ -53,7 +53,11 @@ def untested_versions() -> list[str]:
     untested = []
     for name, (lowest, highest) in TESTED_VERSIONS.items():
         installed = importlib.metadata.version(name)
-        if not _version_tuple(lowest) <= _version_tuple(installed)[: len(_version_tuple(highest))] <= _version_tuple(highest):
+        if (
+            not _version_tuple(lowest)
+            <= _version_tuple(installed)[: len(_version_tuple(highest))]
+            <= _version_tuple(highest)
+        ):
             untested.append(f"{name}=={installed} (tested: {lowest} to {highest})")
     return untested
 
@@ -76,7 +80,9 @@ def _pending_logged_model(run_id: str) -> str | None:
     """The logged model MLflow's autologging created for the fit starting in ``run_id``."""
     client = MlflowClient()
     experiment_id = client.get_run(run_id).info.experiment_id
-    models = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    models = client.search_logged_models(
+        [experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
     pending = [model for model in models if model.status == LoggedModelStatus.PENDING]
     return pending[-1].model_id if pending else None
 
@@ -90,7 +96,9 @@ class _AutologCallback(MCMetricsCallback, metaclass=ExceptionSafeClass):
     :class:`MCMetricsCallback` turn errors into warnings, except under that test mode.
     """
 
-    def __init__(self, instrumentation: FitInstrumentation, mlflow_callback, run_tags: dict, **kwargs):
+    def __init__(
+        self, instrumentation: FitInstrumentation, mlflow_callback, run_tags: dict, **kwargs
+    ):
         super().__init__(**kwargs)
         self.instrumentation = instrumentation
         self._mlflow_callback = mlflow_callback
@@ -102,7 +110,11 @@ class _AutologCallback(MCMetricsCallback, metaclass=ExceptionSafeClass):
 
     def _start_run(self):
         super()._start_run()
-        if self._fit_run is not None and self._mlflow_callback is not None and self._model_id is None:
+        if (
+            self._fit_run is not None
+            and self._mlflow_callback is not None
+            and self._model_id is None
+        ):
             # mlflow.tensorflow's callback does not say which model its fit() will log.
             self._model_id = _pending_logged_model(self._fit_run.run_id)
 
@@ -126,7 +138,11 @@ def _patched_callback_list_init(original, self, *args, **kwargs):
     model = bound.arguments.get("model")
     callbacks = _callbacks_argument(bound)
     # Only fit() asks for a History callback; evaluate() and predict() are left alone.
-    if not bound.arguments.get("add_history") or model is None or any(isinstance(c, MCMetricsCallback) for c in callbacks):
+    if (
+        not bound.arguments.get("add_history")
+        or model is None
+        or any(isinstance(c, MCMetricsCallback) for c in callbacks)
+    ):
         return original(self, *args, **kwargs)
     task = _config("task")
     outputs, skipped = classification_outputs(model, task, _config("from_logits"))
@@ -177,7 +193,7 @@ def autolog(
     confusion_matrix: bool = True,
     pr_curves: bool = True,
     pr_thresholds: int = DEFAULT_PR_THRESHOLDS,
-    log_every_n_epochs: int = 1,
+    log_every_n_epochs: int | str = "auto",
     zero_division: float = 0.0,
     disable: bool = False,
     exclusive: bool = False,
@@ -204,7 +220,8 @@ def autolog(
         confusion_matrix: log confusion-matrix artifacts.
         pr_curves: accumulate score histograms and log average precision and PR curves.
         pr_thresholds: score bins per class for PR curves.
-        log_every_n_epochs: artifact frequency (step metrics are logged every epoch).
+        log_every_n_epochs: artifact frequency: every n-th epoch, or ``"auto"`` (the first
+            epoch, then at most every 30 s, and the last; step metrics are logged every epoch).
         zero_division: value of undefined precision/recall/F1 (0.0, 1.0 or NaN).
         disable: undo a previous ``autolog()``.
         exclusive: do not log into runs the user started.
@@ -215,16 +232,22 @@ def autolog(
     """
     if disable:
         return
-    if task != "auto" and task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; expected 'auto' or one of {TASKS}.")
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
-    if pr_thresholds < 0:
-        raise ValueError(f"pr_thresholds must be >= 0 (0 turns PR curves off), got {pr_thresholds}.")
-    if log_every_n_epochs < 1:
-        raise ValueError(f"log_every_n_epochs must be >= 1, got {log_every_n_epochs}.")
-    check_zero_division(zero_division)
+    # Checked now, so that a wrong argument fails here rather than at the next fit().
+    metric_options = dict(
+        threshold=threshold, pr_thresholds=pr_thresholds, zero_division=zero_division
+    )
+    check_arguments(
+        allow_auto_task=True,
+        task=task,
+        ignore_class=ignore_class,
+        log_every_n_epochs=log_every_n_epochs,
+        **metric_options,
+    )
     if disable_for_unsupported_versions and (untested := untested_versions()):
-        logger.warning("mlflow_mcmetrics.autolog() is off for untested versions: %s.", ", ".join(untested))
+        logger.warning(
+            "mlflow_mcmetrics.autolog() is off for untested versions: %s.", ", ".join(untested)
+        )
         return
-    safe_patch(INTEGRATION_NAME, keras.callbacks.CallbackList, "__init__", _patched_callback_list_init)
+    safe_patch(
+        INTEGRATION_NAME, keras.callbacks.CallbackList, "__init__", _patched_callback_list_init
+    )

@@ -22,13 +22,14 @@ from collections.abc import Callable, Mapping, Sequence
 import keras
 import numpy as np
 
-from mlflow_mcmetrics import functional, plots, report
+from mlflow_mcmetrics import functional, report
 from mlflow_mcmetrics.events import guarded, warn
 from mlflow_mcmetrics.metrics import ClassificationMetrics
 from mlflow_mcmetrics.naming import class_key_components, metric_key
 from mlflow_mcmetrics.render import RenderProcess
 from mlflow_mcmetrics.report import ARTIFACT_DIR
 from mlflow_mcmetrics.runs import FitRun, start_fit_run
+from mlflow_mcmetrics.validation import check_arguments
 
 __all__ = [
     "ARTIFACT_DIR",
@@ -44,6 +45,11 @@ __all__ = [
 IMAGE_SECTION = "plots"
 #: Largest share of wall time that drawing per-epoch images may take (see _log_epoch_images).
 RENDER_TIME_SHARE = 0.1
+#: With ``log_every_n_epochs="auto"``: the first epoch's artifacts, then those of the first
+#: epoch ending at least this long after the previous artifacts, and the last epoch's. On
+#: sub-second epochs per-epoch artifacts would cost more than training (benchmarks/README.md);
+#: on epochs longer than this, every epoch gets them.
+AUTO_ARTIFACT_INTERVAL_S = 30.0
 
 _SPLIT_PREFIXES = {"train": "", "val": "val_"}
 
@@ -83,14 +89,18 @@ def find_metric(model: keras.Model) -> ClassificationMetrics | None:
     if compile_config is not None:
         # Compiled metrics only appear in model.metrics after the first train/test step.
         config = compile_config.config
-        candidates += keras.tree.flatten([config.get("metrics") or [], config.get("weighted_metrics") or []])
+        candidates += keras.tree.flatten(
+            [config.get("metrics") or [], config.get("weighted_metrics") or []]
+        )
     return first_classification_metric(candidates)
 
 
 def metric_scores(state: functional.ClassificationState, metric: ClassificationMetrics) -> dict:
     """:func:`functional.classification_scores` of ``state`` with ``metric``'s scored classes
     and ``zero_division``: what the callback logs for a split."""
-    return functional.classification_scores(state, labels=metric.scored_labels, zero_division=metric.zero_division)
+    return functional.classification_scores(
+        state, labels=metric.scored_labels, zero_division=metric.zero_division
+    )
 
 
 def _png_base64(image: np.ndarray) -> str:
@@ -124,7 +134,9 @@ class _OutputLog:
     class_keys: list[str]
     train_state: functional.ClassificationState | None = None
     last_epoch: _EpochResult | None = None
-    f1_by_epoch: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    f1_by_epoch: dict[str, list[np.ndarray]] = dataclasses.field(
+        default_factory=lambda: defaultdict(list)
+    )
 
     def prefix(self, split: str) -> str:
         """Key prefix of a split, as Keras prefixes its logs: ``val_``, ``val_{output}_``."""
@@ -148,7 +160,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
     without prefix, validation values with ``val_``. The training state is read in
     ``on_test_begin``, before Keras resets the metrics for validation.
 
-    Every ``log_every_n_epochs`` epochs (and for the last epoch) it also logs
+    Every ``log_every_n_epochs`` epochs (by default ``"auto"``: at most every
+    :data:`AUTO_ARTIFACT_INTERVAL_S` seconds), and for the last epoch, it also logs
     ``mcmetrics/epochs/{epoch:04d}/{split}_confusion_matrix.json`` and ``..._pr_curves.json``,
     and the confusion-matrix and PR-curve images of the report split (validation if present,
     else training) as time-stepped images (keys ``{prefix}plots/confusion_matrix``,
@@ -170,7 +183,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
         log_to_mlflow: ``False`` only fills :attr:`history`. In multi-worker training only
             the chief logs (see :func:`is_chief`); every worker keeps the history.
         confusion_matrix: log confusion-matrix artifacts.
-        log_every_n_epochs: artifact frequency; step metrics are logged every epoch.
+        log_every_n_epochs: artifact frequency, an integer or ``"auto"`` (time-based, see
+            :data:`AUTO_ARTIFACT_INTERVAL_S`); step metrics are logged every epoch.
         skip_keras_logs: leave out keys that are in Keras' epoch ``logs`` (such as
             ``val_f1_macro``) because another callback, like MLflow's own autologging
             callback, logs those already.
@@ -191,14 +205,13 @@ class MCMetricsCallback(keras.callbacks.Callback):
         log_train: bool = True,
         log_to_mlflow: bool = True,
         confusion_matrix: bool = True,
-        log_every_n_epochs: int = 1,
+        log_every_n_epochs: int | str = "auto",
         skip_keras_logs: bool = False,
         run_id: str | None = None,
         silent: bool = False,
     ):
         super().__init__()
-        if log_every_n_epochs < 1:
-            raise ValueError(f"log_every_n_epochs must be >= 1, got {log_every_n_epochs}.")
+        check_arguments(log_every_n_epochs=log_every_n_epochs)
         self.class_names = class_names
         self.metric = metric
         self.log_train = log_train
@@ -219,6 +232,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._render_process: RenderProcess | None = None
         self._rendering: concurrent.futures.Future | None = None
         self._next_render = 0.0
+        self._last_artifacts: float | None = None
 
     # -- which metrics, which run --------------------------------------------------------------
     def _metrics_by_output(self) -> dict[str | None, ClassificationMetrics] | None:
@@ -236,7 +250,11 @@ class MCMetricsCallback(keras.callbacks.Callback):
         names = self.class_names
         if isinstance(names, Mapping):
             names = names.get(output)
-        names = [str(index) for index in range(num_classes)] if names is None else [str(n) for n in names]
+        names = (
+            [str(index) for index in range(num_classes)]
+            if names is None
+            else [str(n) for n in names]
+        )
         if len(names) != num_classes:
             where = f"output {output!r}" if output else "a model"
             raise ValueError(
@@ -272,6 +290,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.history.clear()  # like keras.callbacks.History: one fit() at a time
+        self._last_artifacts = None
         self._outputs = []
         self._resolve_outputs()
         if self.log_to_mlflow and is_chief():
@@ -281,7 +300,9 @@ class MCMetricsCallback(keras.callbacks.Callback):
     def _start_run(self) -> None:
         self._fit_run = start_fit_run(self.run_id, silent=self.silent, tags=self._run_tags)
         self._fit_run.on_finish = self._close_renderers
-        self._renderer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mcmetrics-render")
+        self._renderer = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="mcmetrics-render"
+        )
         self._render_process = RenderProcess()
         if self._outputs:
             self._log_run_description()
@@ -298,10 +319,22 @@ class MCMetricsCallback(keras.callbacks.Callback):
                 "ignore_class": metric.ignore_class,
                 "pr_thresholds": metric.pr_thresholds,
             }
-            outbox.put({"kind": "params", "params": {output.param_prefix + k: str(v) for k, v in params.items()}})
-            labels = report.labels_payload(output.class_names, output.class_keys, metric.ignore_class)
-            outbox.put({"kind": "text", "artifact_file": f"{output.artifact_dir}/labels.json",
-                        "text": json.dumps(labels, indent=2)})
+            outbox.put(
+                {
+                    "kind": "params",
+                    "params": {output.param_prefix + k: str(v) for k, v in params.items()},
+                }
+            )
+            labels = report.labels_payload(
+                output.class_names, output.class_keys, metric.ignore_class
+            )
+            outbox.put(
+                {
+                    "kind": "text",
+                    "artifact_file": f"{output.artifact_dir}/labels.json",
+                    "text": json.dumps(labels, indent=2),
+                }
+            )
 
     # -- per epoch ---------------------------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
@@ -333,7 +366,11 @@ class MCMetricsCallback(keras.callbacks.Callback):
                 continue
             results.append((output, result))
             for split, scores in result.scores.items():
-                values.update(report.metric_values(scores, output.metric.scored_labels, output.class_keys, output.prefix(split)))
+                values.update(
+                    report.metric_values(
+                        scores, output.metric.scored_labels, output.class_keys, output.prefix(split)
+                    )
+                )
                 output.f1_by_epoch[split].append(scores["f1"])
         for key, value in values.items():
             self.history[key].append(value)
@@ -344,7 +381,10 @@ class MCMetricsCallback(keras.callbacks.Callback):
         outbox = self._fit_run.outbox
         outbox.flush()  # retry what an outage left queued, once per epoch
         timestamp = int(time.time() * 1000)
-        record = {"kind": "metrics", "metrics": [[k, v, timestamp, epoch] for k, v in values.items()]}
+        record = {
+            "kind": "metrics",
+            "metrics": [[k, v, timestamp, epoch] for k, v in values.items()],
+        }
         if self._model_id is not None:
             # MLflow's Keras autologging links the run's metrics to the model it logs: ours too.
             # Its model logging copies every step-0 metric of the run onto that model and, with
@@ -354,25 +394,36 @@ class MCMetricsCallback(keras.callbacks.Callback):
             if epoch == 0:
                 record["after_model"] = self._model_id
         outbox.put(record)
-        if epoch % self.log_every_n_epochs == 0:
+        if self._artifacts_due(epoch):
+            self._last_artifacts = time.monotonic()
             for output, result in results:
                 self._log_epoch_json(output, result)
             idle = self._rendering is None or self._rendering.done()
             if idle and time.monotonic() >= self._next_render:
                 self._rendering = self._renderer.submit(self._log_epoch_images, results)
 
+    def _artifacts_due(self, epoch: int) -> bool:
+        if self.log_every_n_epochs != "auto":
+            return epoch % self.log_every_n_epochs == 0
+        last = self._last_artifacts
+        return last is None or time.monotonic() - last >= AUTO_ARTIFACT_INTERVAL_S
+
     def _epoch_result(self, output: _OutputLog, epoch: int) -> _EpochResult | None:
         splits: dict[str, functional.ClassificationState] = {}
         if self.log_train:
-            splits["train"] = output.train_state if self._validated else self._read_state(output, "train")
+            splits["train"] = (
+                output.train_state if self._validated else self._read_state(output, "train")
+            )
         if self._validated:
             splits["val"] = self._read_state(output, "val")
         for split in [split for split, state in splits.items() if state.num_samples == 0]:
             # An empty split (e.g. validation_data with no rows) would log zero_division values
             # as if they were scores: log nothing for it instead.
             warn(
-                f"mlflow_mcmetrics counted no {split} samples in epoch {epoch}, so nothing is logged for "
-                f"that split: check that the {'validation_data' if split == 'val' else 'training data'} "
+                f"mlflow_mcmetrics counted no {split} samples in epoch {epoch}, so nothing is "
+                "logged for "
+                "that split: check that the "
+                f"{'validation_data' if split == 'val' else 'training data'} "
                 "is not empty (and its labels are in range).",
                 silent=self.silent,
             )
@@ -388,7 +439,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
         invalid_labels, nonfinite = rejected
         if invalid_labels:
             warn(
-                f"{invalid_labels:g} {split} samples had labels outside [0, {output.metric.num_classes}) "
+                f"{invalid_labels:g} {split} samples had labels outside [0, "
+                f"{output.metric.num_classes}) "
                 "and were left out of the metrics: check the labels and the model's output width.",
                 silent=self.silent,
             )
@@ -407,7 +459,11 @@ class MCMetricsCallback(keras.callbacks.Callback):
 
         def record():
             # Compact: indented, a 1000-class matrix is 11 MB instead of 2.
-            return {"kind": "text", "artifact_file": artifact_file, "text": json.dumps(make_payload(), separators=(",", ":"))}
+            return {
+                "kind": "text",
+                "artifact_file": artifact_file,
+                "text": json.dumps(make_payload(), separators=(",", ":")),
+            }
 
         self._fit_run.outbox.put(record)
 
@@ -417,12 +473,24 @@ class MCMetricsCallback(keras.callbacks.Callback):
         for split, state in result.states.items():
             if self.confusion_matrix:
                 self._log_json(
-                    functools.partial(report.confusion_matrix_payload, state, output.class_names, result.epoch, split),
+                    functools.partial(
+                        report.confusion_matrix_payload,
+                        state,
+                        output.class_names,
+                        result.epoch,
+                        split,
+                    ),
                     f"{folder}/{split}_confusion_matrix.json",
                 )
             if state.score_histogram is not None:
                 self._log_json(
-                    functools.partial(report.pr_curves_payload, state, output.class_names, labels, result.scores[split]),
+                    functools.partial(
+                        report.pr_curves_payload,
+                        state,
+                        output.class_names,
+                        labels,
+                        result.scores[split],
+                    ),
                     f"{folder}/{split}_pr_curves.json",
                 )
         result.json_logged = True
@@ -435,8 +503,13 @@ class MCMetricsCallback(keras.callbacks.Callback):
         if output.name:
             title = f"{output.name}: {title}"
         return self._render_process.draw(
-            state=result.states[split], scores=result.scores[split], class_names=output.class_names,
-            labels=output.metric.scored_labels, zero_division=output.metric.zero_division, title=title,
+            figure="plot_state",
+            state=result.states[split],
+            scores=result.scores[split],
+            class_names=output.class_names,
+            labels=output.metric.scored_labels,
+            zero_division=output.metric.zero_division,
+            title=title,
             confusion_matrix=self.confusion_matrix,
         )
 
@@ -453,8 +526,14 @@ class MCMetricsCallback(keras.callbacks.Callback):
             result.images = self._draw(output, result)
             prefix = output.prefix(result.report_split)
             for stem, image in result.images.items():
-                self._fit_run.outbox.put({"kind": "image", "key": metric_key(prefix, IMAGE_SECTION, stem),
-                                          "step": result.epoch, "png": _png_base64(image)})
+                self._fit_run.outbox.put(
+                    {
+                        "kind": "image",
+                        "key": metric_key(prefix, IMAGE_SECTION, stem),
+                        "step": result.epoch,
+                        "png": _png_base64(image),
+                    }
+                )
         finished = time.monotonic()
         self._next_render = finished + (finished - started) * (1 / RENDER_TIME_SHARE - 1)
 
@@ -469,21 +548,48 @@ class MCMetricsCallback(keras.callbacks.Callback):
         images = dict(result.images)
         split = result.report_split
         names = [output.class_names[label] for label in output.metric.scored_labels]
-        images["f1_by_epoch"] = plots.figure_to_array(
-            plots.plot_f1_by_epoch(np.stack(output.f1_by_epoch[split]), names, title=f"F1 by class and epoch ({split})")
+        images.update(
+            self._render_process.draw(
+                figure="plot_f1_by_epoch",
+                f1=np.stack(output.f1_by_epoch[split]),
+                class_names=names,
+                title=f"F1 by class and epoch ({split})",
+            )
         )
         outbox = self._fit_run.outbox
         for stem, image in images.items():
-            outbox.put({"kind": "png", "artifact_file": f"{output.artifact_dir}/{stem}.png", "png": _png_base64(image)})
+            outbox.put(
+                {
+                    "kind": "png",
+                    "artifact_file": f"{output.artifact_dir}/{stem}.png",
+                    "png": _png_base64(image),
+                }
+            )
         document = report.classification_report(
-            result.states[split], output.class_names, labels=output.metric.scored_labels,
-            zero_division=output.metric.zero_division, scores=result.scores[split],
+            result.states[split],
+            output.class_names,
+            labels=output.metric.scored_labels,
+            zero_division=output.metric.zero_division,
+            scores=result.scores[split],
         )
         document.update(epoch=result.epoch, split=split)
-        outbox.put({"kind": "text", "artifact_file": f"{output.artifact_dir}/classification_report.json",
-                    "text": report.to_json(document)})
-        markdown = report.to_markdown(document, title=f"Classification report — {split}, epoch {result.epoch}")
-        outbox.put({"kind": "text", "artifact_file": f"{output.artifact_dir}/classification_report.md", "text": markdown})
+        outbox.put(
+            {
+                "kind": "text",
+                "artifact_file": f"{output.artifact_dir}/classification_report.json",
+                "text": report.to_json(document),
+            }
+        )
+        markdown = report.to_markdown(
+            document, title=f"Classification report — {split}, epoch {result.epoch}"
+        )
+        outbox.put(
+            {
+                "kind": "text",
+                "artifact_file": f"{output.artifact_dir}/classification_report.md",
+                "text": markdown,
+            }
+        )
 
     def on_train_end(self, logs=None):
         if self._fit_run is None:

@@ -1,11 +1,11 @@
 """The ``mcmetrics`` command; its subcommands are also the MLproject's entry points.
 
-    mcmetrics train       --dataset digits --loss logit_adjusted      (entry point main)
-    mcmetrics compare-losses --losses cce,focal --seeds 2             (entry point compare)
-    mcmetrics sequence    --epochs 10                                 (entry point sequence)
-    mcmetrics multilabel  --loss weighted_bce                         (entry point multilabel)
-    mcmetrics compare     --experiment NAME                           (from existing runs)
-    mcmetrics sync        --tracking-uri URI                          (replay the outage spool)
+mcmetrics train       --dataset digits --loss logit_adjusted      (entry point main)
+mcmetrics compare-losses --losses cce,focal --seeds 2             (entry point compare)
+mcmetrics sequence    --epochs 10                                 (entry point sequence)
+mcmetrics multilabel  --loss weighted_bce                         (entry point multilabel)
+mcmetrics compare     --experiment NAME                           (from existing runs)
+mcmetrics sync        --tracking-uri URI                          (replay the outage spool)
 """
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-__all__ = ["build_cnn", "compare_experiment", "compare_losses", "main", "multilabel", "sequence", "train"]
+__all__ = [
+    "build_cnn",
+    "compare_experiment",
+    "compare_losses",
+    "main",
+    "multilabel",
+    "sequence",
+    "train",
+]
 
 MULTICLASS_LOSSES = ("cce", "weighted_cce", "focal", "class_balanced", "logit_adjusted", "ldam")
 
@@ -24,8 +32,12 @@ def build_cnn(input_shape: Sequence[int], num_classes: int, seed: int):
     import keras
 
     keras.utils.set_random_seed(seed)
-    layers = [keras.Input(tuple(input_shape)), keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-              keras.layers.MaxPooling2D(), keras.layers.Conv2D(64, 3, padding="same", activation="relu")]
+    layers = [
+        keras.Input(tuple(input_shape)),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+    ]
     if min(input_shape[:2]) >= 16:
         layers.append(keras.layers.MaxPooling2D())
     layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(num_classes)]
@@ -39,7 +51,10 @@ def _check_choices(loss_names: Sequence[str], dataset: str) -> None:
     valid = (*MULTICLASS_LOSSES, "balanced_softmax")
     unknown = [name for name in loss_names if name not in valid]
     if unknown or not loss_names:
-        raise ValueError(f"Unknown loss {', '.join(map(repr, unknown)) or '(none given)'}; choose from {', '.join(valid)}.")
+        raise ValueError(
+            f"Unknown loss {', '.join(map(repr, unknown)) or '(none given)'}; choose from "
+            f"{', '.join(valid)}."
+        )
     check_dataset_name(dataset)
 
 
@@ -60,9 +75,13 @@ def _test_scores(model, x_test, y_test, class_names, prefix="test_") -> dict[str
     from mlflow_mcmetrics.naming import class_key_components
     from mlflow_mcmetrics.report import metric_values
 
-    state = functional.update_state(y_test, model.predict(x_test, verbose=0), num_bins=functional.DEFAULT_PR_THRESHOLDS)
+    state = functional.state_from_predictions(
+        y_test, model.predict(x_test, verbose=0), num_bins=functional.DEFAULT_PR_THRESHOLDS
+    )
     labels = list(range(len(class_names)))
-    values = metric_values(functional.classification_scores(state), labels, class_key_components(class_names), prefix)
+    values = metric_values(
+        functional.classification_scores(state), labels, class_key_components(class_names), prefix
+    )
     mlflow.log_metrics(values)
     return values
 
@@ -94,8 +113,11 @@ def train(
 
     data = datasets.load(dataset, imbalance_ratio=imbalance_ratio, seed=seed)
     counts = np.bincount(data.y_train, minlength=data.num_classes)
-    print(f"{dataset}: train class counts {counts.tolist()} (ratio {imbalance_ratio:g}), "
-          f"val {len(data.y_val)}, test {len(data.y_test)}; loss {loss}", flush=True)
+    print(
+        f"{dataset}: train class counts {counts.tolist()} (ratio {imbalance_ratio:g}), "
+        f"val {len(data.y_val)}, test {len(data.y_test)}; loss {loss}",
+        flush=True,
+    )
 
     callbacks = []
     if loss == "ldam":  # Cao et al.'s schedule: re-weighting from 80% of training on
@@ -105,14 +127,34 @@ def train(
         loss_object = losses.get(loss, counts)
     mlflow_mcmetrics.autolog(class_names=data.class_names)
     model = build_cnn(data.x_train.shape[1:], data.num_classes, seed)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss_object, metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate), loss=loss_object, metrics=["accuracy"]
+    )
     nested = mlflow.active_run() is not None
     with mlflow.start_run(nested=nested, run_name=f"{loss} seed {seed}" if nested else None) as run:
-        _log_missing_params({"dataset": dataset, "loss": loss, "imbalance_ratio": imbalance_ratio, "epochs": epochs,
-                             "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed})
-        mlflow.log_dict(dict(zip(data.class_names, counts.tolist())), "train_class_counts.json")
-        model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
-                  epochs=epochs, batch_size=batch_size, verbose=verbose, callbacks=callbacks)
+        _log_missing_params(
+            {
+                "dataset": dataset,
+                "loss": loss,
+                "imbalance_ratio": imbalance_ratio,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "learning_rate": learning_rate,
+                "seed": seed,
+            }
+        )
+        mlflow.log_dict(
+            dict(zip(data.class_names, counts.tolist(), strict=True)), "train_class_counts.json"
+        )
+        model.fit(
+            data.x_train,
+            data.y_train,
+            validation_data=(data.x_val, data.y_val),
+            epochs=epochs,
+            batch_size=batch_size,
+            verbose=verbose,
+            callbacks=callbacks,
+        )
         test = _test_scores(model, data.x_test, data.y_test, data.class_names)
         print(f"{loss}: test macro F1 {test['test_f1_macro']:.3f}", flush=True)
         return run.info.run_id, test
@@ -150,14 +192,33 @@ def compare_losses(
     class_names = datasets.load(dataset, imbalance_ratio=imbalance_ratio, seed=0).class_names
     results = []
     with mlflow.start_run():
-        _log_missing_params({"losses": ",".join(losses_to_compare), "seeds": seeds, "dataset": dataset,
-                             "imbalance_ratio": imbalance_ratio, "epochs": epochs})
+        _log_missing_params(
+            {
+                "losses": ",".join(losses_to_compare),
+                "seeds": seeds,
+                "dataset": dataset,
+                "imbalance_ratio": imbalance_ratio,
+                "epochs": epochs,
+            }
+        )
         for seed in range(seeds):
             for name in losses_to_compare:
-                _, test = train(dataset, name, imbalance_ratio, epochs, batch_size, learning_rate, seed, verbose=0)
+                _, test = train(
+                    dataset,
+                    name,
+                    imbalance_ratio,
+                    epochs,
+                    batch_size,
+                    learning_rate,
+                    seed,
+                    verbose=0,
+                )
                 results.append((name, test))
         table = report.comparison_table(results, class_key_components(class_names), "test_")
-        _log_comparison(table, f"{dataset}, imbalance ratio {imbalance_ratio:g}: test F1 per class, {seeds} seed(s)")
+        _log_comparison(
+            table,
+            f"{dataset}, imbalance ratio {imbalance_ratio:g}: test F1 per class, {seeds} seed(s)",
+        )
     print(report.comparison_to_markdown(table), flush=True)
     return table
 
@@ -175,21 +236,38 @@ def compare_experiment(experiment: str, output: str = "comparison", group_by: st
     found = mlflow.get_experiment_by_name(experiment)
     if found is None:
         raise SystemExit(f"No experiment named {experiment!r} at {mlflow.get_tracking_uri()}.")
-    runs = [run for run in mlflow.search_runs([found.experiment_id], output_format="list")
-            if any(key.endswith("f1_macro") for key in run.data.metrics) and "/" in "".join(run.data.metrics)]
-    prefix = next((p for p in ("test_", "val_", "") if runs and all(f"{p}f1_macro" in r.data.metrics for r in runs)), None)
+    runs = [
+        run
+        for run in mlflow.search_runs([found.experiment_id], output_format="list")
+        if any(key.endswith("f1_macro") for key in run.data.metrics)
+        and "/" in "".join(run.data.metrics)
+    ]
+    prefix = next(
+        (
+            p
+            for p in ("test_", "val_", "")
+            if runs and all(f"{p}f1_macro" in r.data.metrics for r in runs)
+        ),
+        None,
+    )
     if prefix is None:
         raise SystemExit(f"No runs with mlflow-mcmetrics metrics in experiment {experiment!r}.")
     labels = mlflow.artifacts.load_dict(f"runs:/{runs[0].info.run_id}/mcmetrics/labels.json")
-    class_keys = [entry["key"] for entry in labels["labels"] if entry["index"] != labels.get("ignore_class")]
-    results = [(run.data.params.get(group_by, run.info.run_name), run.data.metrics)
-               for run in sorted(runs, key=lambda r: r.info.start_time)]
+    class_keys = [
+        entry["key"] for entry in labels["labels"] if entry["index"] != labels.get("ignore_class")
+    ]
+    results = [
+        (run.data.params.get(group_by, run.info.run_name), run.data.metrics)
+        for run in sorted(runs, key=lambda r: r.info.start_time)
+    ]
     table = report.comparison_table(results, class_keys, prefix)
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "comparison.csv").write_text(report.comparison_to_csv(table))
     (folder / "comparison.md").write_text(report.comparison_to_markdown(table))
-    plots.plot_comparison(table, title=f"{experiment}: {prefix}F1 per class").savefig(folder / "comparison.png", dpi=100)
+    plots.plot_comparison(table, title=f"{experiment}: {prefix}F1 per class").savefig(
+        folder / "comparison.png", dpi=100
+    )
     print(report.comparison_to_markdown(table), flush=True)
     print(f"wrote {folder}/comparison.csv, comparison.md, comparison.png", flush=True)
     return table
@@ -199,7 +277,6 @@ def sequence(epochs: int = 10, seed: int = 0) -> str:
     """Seed 001: an LSTM tagger on zero-padded sequences with ``mask_zero=True``; padding tag
     0 is left out of every metric (``ignore_class=0``)."""
     import keras
-    import mlflow
 
     import mlflow_mcmetrics
     from mlflow_mcmetrics import datasets
@@ -207,25 +284,43 @@ def sequence(epochs: int = 10, seed: int = 0) -> str:
     tokens, tags = datasets.padded_sequences(seed=seed)
     num_tags = int(tags.max()) + 1
     split = int(0.8 * len(tokens))
-    mlflow_mcmetrics.autolog(class_names=["<pad>", *(f"tag {t}" for t in range(1, num_tags))], ignore_class=0)
+    mlflow_mcmetrics.autolog(
+        class_names=["<pad>", *(f"tag {t}" for t in range(1, num_tags))], ignore_class=0
+    )
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((tokens.shape[1],)),
-        keras.layers.Embedding(int(tokens.max()) + 1, 32, mask_zero=True),
-        keras.layers.Bidirectional(keras.layers.LSTM(32, return_sequences=True)),
-        keras.layers.Dense(num_tags, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((tokens.shape[1],)),
+            keras.layers.Embedding(int(tokens.max()) + 1, 32, mask_zero=True),
+            keras.layers.Bidirectional(keras.layers.LSTM(32, return_sequences=True)),
+            keras.layers.Dense(num_tags, activation="softmax"),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    return _fit_in_a_run(model, tokens, tags, split, epochs, {"epochs": epochs, "seed": seed})
+
+
+def _fit_in_a_run(model, x, y, split: int, epochs: int, params: dict) -> str:
+    """``fit`` on rows ``[:split]``, validated on ``[split:]``, in a new run (the entry point's
+    under ``mlflow run``); returns its id."""
+    import mlflow
+
     with mlflow.start_run() as run:
-        model.fit(tokens[:split], tags[:split], validation_data=(tokens[split:], tags[split:]),
-                  epochs=epochs, batch_size=64, verbose=2)
+        _log_missing_params(params)
+        model.fit(
+            x[:split],
+            y[:split],
+            validation_data=(x[split:], y[split:]),
+            epochs=epochs,
+            batch_size=64,
+            verbose=2,
+        )
         return run.info.run_id
 
 
 def multilabel(loss: str = "weighted_bce", epochs: int = 10, seed: int = 0) -> str:
     """Seed 004: 30 sparse labels; ``weighted_bce`` (per-label ``pos_weight``) or ``bce``."""
     import keras
-    import mlflow
 
     import mlflow_mcmetrics
     from mlflow_mcmetrics import datasets, losses
@@ -237,16 +332,23 @@ def multilabel(loss: str = "weighted_bce", epochs: int = 10, seed: int = 0) -> s
     elif loss == "bce":
         loss_object = keras.losses.BinaryCrossentropy(from_logits=True)
     else:
-        raise ValueError(f"Unknown loss {loss!r} for the multilabel scenario; choose weighted_bce or bce.")
-    mlflow_mcmetrics.autolog(task="multilabel", class_names=[f"label {i}" for i in range(y.shape[1])])
+        raise ValueError(
+            f"Unknown loss {loss!r} for the multilabel scenario; choose weighted_bce or bce."
+        )
+    mlflow_mcmetrics.autolog(
+        task="multilabel", class_names=[f"label {i}" for i in range(y.shape[1])]
+    )
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((y.shape[1],)), keras.layers.Dense(100, activation="relu"),
-                              keras.layers.Dense(100, activation="relu"), keras.layers.Dense(y.shape[1])])
+    model = keras.Sequential(
+        [
+            keras.Input((y.shape[1],)),
+            keras.layers.Dense(100, activation="relu"),
+            keras.layers.Dense(100, activation="relu"),
+            keras.layers.Dense(y.shape[1]),
+        ]
+    )
     model.compile(optimizer="adam", loss=loss_object)
-    with mlflow.start_run() as run:
-        _log_missing_params({"loss": loss, "epochs": epochs, "seed": seed})
-        model.fit(x[:split], y[:split], validation_data=(x[split:], y[split:]), epochs=epochs, batch_size=64, verbose=2)
-        return run.info.run_id
+    return _fit_in_a_run(model, x, y, split, epochs, {"loss": loss, "epochs": epochs, "seed": seed})
 
 
 def _count(text: str) -> int:
@@ -258,53 +360,95 @@ def _count(text: str) -> int:
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="digits", help="digits (embedded), fashion_mnist, cifar10 or npz:PATH")
-    parser.add_argument("--imbalance-ratio", type=float, default=20.0, help="largest / smallest training class")
+    parser.add_argument(
+        "--dataset", default="digits", help="digits (embedded), fashion_mnist, cifar10 or npz:PATH"
+    )
+    parser.add_argument(
+        "--imbalance-ratio", type=float, default=20.0, help="largest / smallest training class"
+    )
     parser.add_argument("--epochs", type=_count, default=60)
     parser.add_argument("--batch-size", type=_count, default=32)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mcmetrics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mcmetrics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train_parser = commands.add_parser("train", help="train the imbalanced CNN (MLproject entry point main)")
+    train_parser = commands.add_parser(
+        "train", help="train the imbalanced CNN (MLproject entry point main)"
+    )
     _add_training_arguments(train_parser)
-    train_parser.add_argument("--loss", default="cce", help=f"one of {', '.join(MULTICLASS_LOSSES)}, balanced_softmax")
+    train_parser.add_argument(
+        "--loss", default="cce", help=f"one of {', '.join(MULTICLASS_LOSSES)}, balanced_softmax"
+    )
     train_parser.add_argument("--seed", type=_count, default=0)
 
-    losses_parser = commands.add_parser("compare-losses", help="train once per loss and seed, compare (entry point compare)")
+    losses_parser = commands.add_parser(
+        "compare-losses", help="train once per loss and seed, compare (entry point compare)"
+    )
     _add_training_arguments(losses_parser)
-    losses_parser.add_argument("--losses", default=",".join(MULTICLASS_LOSSES), help="comma-separated loss names")
+    losses_parser.add_argument(
+        "--losses", default=",".join(MULTICLASS_LOSSES), help="comma-separated loss names"
+    )
     losses_parser.add_argument("--seeds", type=_count, default=1)
 
-    compare_parser = commands.add_parser("compare", help="compare the runs of an existing experiment")
+    compare_parser = commands.add_parser(
+        "compare", help="compare the runs of an existing experiment"
+    )
     compare_parser.add_argument("--experiment", required=True)
-    compare_parser.add_argument("--output", default="comparison", help="folder for comparison.csv/.md/.png")
-    compare_parser.add_argument("--group-by", default="loss", help="run param that names a group (default: loss)")
+    compare_parser.add_argument(
+        "--output", default="comparison", help="folder for comparison.csv/.md/.png"
+    )
+    compare_parser.add_argument(
+        "--group-by", default="loss", help="run param that names a group (default: loss)"
+    )
 
     sequence_parser = commands.add_parser("sequence", help="padded sequence tagger (seed 001)")
     sequence_parser.add_argument("--epochs", type=_count, default=10)
     sequence_parser.add_argument("--seed", type=_count, default=0)
 
-    multilabel_parser = commands.add_parser("multilabel", help="30 sparse labels with weighted BCE (seed 004)")
+    multilabel_parser = commands.add_parser(
+        "multilabel", help="30 sparse labels with weighted BCE (seed 004)"
+    )
     multilabel_parser.add_argument("--loss", default="weighted_bce", help="weighted_bce or bce")
     multilabel_parser.add_argument("--epochs", type=_count, default=10)
     multilabel_parser.add_argument("--seed", type=_count, default=0)
 
     sync_parser = commands.add_parser("sync", help="send what an outage left in the spool folder")
-    sync_parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI / MLflow's default")
-    sync_parser.add_argument("--spool-dir", default=None,
-                             help="default: $MCMETRICS_SPOOL_DIR, else ./mcmetrics-spool, the user cache and temp folders")
+    sync_parser.add_argument(
+        "--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI / MLflow's default"
+    )
+    sync_parser.add_argument(
+        "--spool-dir",
+        default=None,
+        help="default: $MCMETRICS_SPOOL_DIR, ./mcmetrics-spool, the user cache, the temp folder",
+    )
 
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
-            train(args.dataset, args.loss, args.imbalance_ratio, args.epochs, args.batch_size, args.learning_rate, args.seed)
+            train(
+                args.dataset,
+                args.loss,
+                args.imbalance_ratio,
+                args.epochs,
+                args.batch_size,
+                args.learning_rate,
+                args.seed,
+            )
         elif args.command == "compare-losses":
-            compare_losses([name.strip() for name in args.losses.split(",") if name.strip()], args.seeds, args.dataset,
-                           args.imbalance_ratio, args.epochs, args.batch_size, args.learning_rate)
+            compare_losses(
+                [name.strip() for name in args.losses.split(",") if name.strip()],
+                args.seeds,
+                args.dataset,
+                args.imbalance_ratio,
+                args.epochs,
+                args.batch_size,
+                args.learning_rate,
+            )
         elif args.command == "compare":
             compare_experiment(args.experiment, args.output, args.group_by)
         elif args.command == "sync":

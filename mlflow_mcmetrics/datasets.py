@@ -12,7 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DATASETS", "Splits", "check_dataset_name", "load", "long_tail", "long_tail_counts", "padded_sequences", "sparse_multilabel"]
+__all__ = [
+    "DATASETS",
+    "Splits",
+    "check_dataset_name",
+    "load",
+    "long_tail",
+    "long_tail_counts",
+    "padded_sequences",
+    "sparse_multilabel",
+]
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "npz:PATH")
 
@@ -34,17 +43,25 @@ class Splits:
 
 def long_tail_counts(available: np.ndarray, imbalance_ratio: float) -> np.ndarray:
     """Per-class sample counts on an exponential profile: class 0 keeps the most, the last
-    class ``imbalance_ratio`` times fewer (``n_c = n_max * ratio ** (-c / (C - 1))``)."""
+    class ``imbalance_ratio`` times fewer (``n_c = n_max * ratio ** (-c / (C - 1))``).
+
+    >>> long_tail_counts(np.array([100, 100, 100, 100]), imbalance_ratio=10)
+    array([100,  46,  21,  10])
+    """
     if imbalance_ratio < 1:
-        raise ValueError(f"imbalance_ratio must be >= 1 (largest / smallest class), got {imbalance_ratio}.")
+        raise ValueError(
+            f"imbalance_ratio must be >= 1 (largest / smallest class), got {imbalance_ratio}."
+        )
     num_classes = len(available)
     head = int(available.min())
     profile = imbalance_ratio ** (-np.arange(num_classes) / max(num_classes - 1, 1))
     return np.maximum(1, np.floor(head * profile)).astype(int)
 
 
-def long_tail(x: np.ndarray, y: np.ndarray, imbalance_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A long-tailed subsample of ``(x, y)`` (see :func:`long_tail_counts`), deterministic by seed."""
+def long_tail(
+    x: np.ndarray, y: np.ndarray, imbalance_ratio: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A long-tailed subsample of ``(x, y)`` (:func:`long_tail_counts`); same seed, same rows."""
     rng = np.random.default_rng(seed)
     classes = np.arange(int(y.max()) + 1)
     counts = long_tail_counts(np.bincount(y, minlength=len(classes)), imbalance_ratio)
@@ -62,7 +79,7 @@ def _balanced_split(x, y, fractions, seed):
     for c in np.unique(y):
         members = rng.permutation(np.flatnonzero(y == c))
         edges = (np.cumsum(fractions)[:-1] * len(members)).astype(int)
-        for part, chunk in zip(parts, np.split(members, edges)):
+        for part, chunk in zip(parts, np.split(members, edges), strict=True):
             part.append(chunk)
     return [(x[idx], y[idx]) for idx in (rng.permutation(np.concatenate(p)) for p in parts)]
 
@@ -94,9 +111,30 @@ def _keras_dataset(name, seed):
     y, y_test = y.reshape(-1).astype(int), y_test.reshape(-1).astype(int)
     (xt, yt), (xv, yv) = _balanced_split(x, y, [5 / 6, 1 / 6], seed)
     names = {
-        "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                          "Sneaker", "Bag", "Ankle boot"],
-        "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+        "fashion_mnist": [
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ],
+        "cifar10": [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ],
     }[name]
     return xt, yt, xv, yv, x_test, y_test, names
 
@@ -108,16 +146,29 @@ def _npz(path):
     with np.load(path, allow_pickle=False) as data:
         missing = {"x_train", "y_train", "x_val", "y_val"} - set(data.files)
         if missing:
-            raise ValueError(f"{path} lacks arrays {sorted(missing)}; it needs x_train, y_train, x_val, y_val.")
+            raise ValueError(
+                f"{path} lacks arrays {sorted(missing)}; it needs x_train, y_train, x_val, y_val."
+            )
         arrays = {k: data[k] for k in data.files}
     x_train = arrays["x_train"].astype("float32")
     y_train = arrays["y_train"].reshape(-1).astype(int)
     x_test = arrays.get("x_test", arrays["x_val"]).astype("float32")
     y_test = arrays.get("y_test", arrays["y_val"]).reshape(-1).astype(int)
     num_classes = int(max(y_train.max(), arrays["y_val"].max())) + 1
-    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else [str(c) for c in range(num_classes)]
-    return (x_train, y_train, arrays["x_val"].astype("float32"), arrays["y_val"].reshape(-1).astype(int),
-            x_test, y_test, names)
+    names = (
+        [str(n) for n in arrays["class_names"]]
+        if "class_names" in arrays
+        else [str(c) for c in range(num_classes)]
+    )
+    return (
+        x_train,
+        y_train,
+        arrays["x_val"].astype("float32"),
+        arrays["y_val"].reshape(-1).astype(int),
+        x_test,
+        y_test,
+        names,
+    )
 
 
 def check_dataset_name(name: str) -> None:
@@ -143,8 +194,14 @@ def load(name: str, *, imbalance_ratio: float = 1.0, seed: int = 0) -> Splits:
     return Splits(x_train, y_train, *rest, class_names=names)
 
 
-def padded_sequences(num_sequences: int = 800, *, num_tags: int = 6, vocabulary: int = 50, max_length: int = 20,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def padded_sequences(
+    num_sequences: int = 800,
+    *,
+    num_tags: int = 6,
+    vocabulary: int = 50,
+    max_length: int = 20,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Zero-padded token sequences and their tags (tag 0 = padding), long-tailed tags.
 
     A token's tag is a function of the token and its predecessor, with tags 1..num_tags-1
@@ -165,8 +222,9 @@ def padded_sequences(num_sequences: int = 800, *, num_tags: int = 6, vocabulary:
     return tokens, tags
 
 
-def sparse_multilabel(num_samples: int = 6000, *, num_labels: int = 30, signal: float = 0.6,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sparse_multilabel(
+    num_samples: int = 6000, *, num_labels: int = 30, signal: float = 0.6, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Seed 004's data: about one positive of ``num_labels`` per sample, and features where a
     positive label shows up with probability ``signal`` (plus noise). Returns ``(x, y)``."""
     rng = np.random.default_rng(seed)

@@ -28,12 +28,17 @@ from collections.abc import Sequence
 import mlflow
 import numpy as np
 from mlflow.entities import Metric
-from mlflow.models.evaluation.artifacts import ImageEvaluationArtifact, JsonEvaluationArtifact, TextEvaluationArtifact
+from mlflow.models.evaluation.artifacts import (
+    ImageEvaluationArtifact,
+    JsonEvaluationArtifact,
+    TextEvaluationArtifact,
+)
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 from scipy.special import expit, softmax
 
 from mlflow_mcmetrics import functional, plots, report
 from mlflow_mcmetrics.naming import class_key_components
+from mlflow_mcmetrics.validation import check_arguments
 
 __all__ = ["EvaluatorConfig", "MCMetricsEvaluator"]
 
@@ -63,6 +68,13 @@ class EvaluatorConfig:
     pr_thresholds: int = functional.DEFAULT_PR_THRESHOLDS
     zero_division: float = 0.0
 
+    def __post_init__(self):
+        check_arguments(
+            threshold=self.threshold,
+            pr_thresholds=self.pr_thresholds,
+            zero_division=self.zero_division,
+        )
+
     @classmethod
     def from_dict(cls, config: dict | None) -> EvaluatorConfig:
         config = dict(config or {})
@@ -70,7 +82,8 @@ class EvaluatorConfig:
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(
-                f"Unknown evaluator_config key(s) {unknown} for the mcmetrics evaluator; valid keys: {sorted(known)}."
+                f"Unknown evaluator_config key(s) {unknown} for the mcmetrics evaluator; valid "
+                f"keys: {sorted(known)}."
             )
         return cls(**config)
 
@@ -94,28 +107,49 @@ class MCMetricsEvaluator(ModelEvaluator):
     def can_evaluate(cls, *, model_type, evaluator_config, **kwargs) -> bool:
         return model_type == "classifier"
 
-    def evaluate(self, *, model_type, dataset, run_id, evaluator_config, model=None, predictions=None, **kwargs):
+    def evaluate(
+        self,
+        *,
+        model_type,
+        dataset,
+        run_id,
+        evaluator_config,
+        model=None,
+        predictions=None,
+        **kwargs,
+    ):
         config = EvaluatorConfig.from_dict(evaluator_config)
         if dataset.labels_data is None:
-            raise ValueError("The mcmetrics evaluator needs the true labels: pass targets= to mlflow.models.evaluate().")
+            raise ValueError(
+                "The mcmetrics evaluator needs the true labels: pass targets= to "
+                "mlflow.models.evaluate()."
+            )
         y_true = np.asarray(dataset.labels_data).reshape(-1)
         predicted = _predict(model, dataset, predictions)
         label_list = _label_list(config, predicted, y_true)
         class_names = [str(name) for name in (config.class_names or label_list)]
         if len(class_names) != len(label_list):
-            raise ValueError(f"Got {len(class_names)} class_names for {len(label_list)} classes {label_list}.")
+            raise ValueError(
+                f"Got {len(class_names)} class_names for {len(label_list)} classes {label_list}."
+            )
         state = _state(config, predicted, _class_indices(y_true, label_list, "target"), label_list)
         labels = list(range(len(label_list)))
-        scores = functional.classification_scores(state, labels=labels, zero_division=config.zero_division)
+        scores = functional.classification_scores(
+            state, labels=labels, zero_division=config.zero_division
+        )
         class_keys = class_key_components(class_names)
         values = report.metric_values(scores, labels, class_keys, f"{config.split}_")
 
         client = mlflow.MlflowClient()
         timestamp = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(key, value, timestamp, 0) for key, value in values.items()])
+        client.log_batch(
+            run_id, metrics=[Metric(key, value, timestamp, 0) for key, value in values.items()]
+        )
         return EvaluationResult(
             metrics=values,
-            artifacts=_log_artifacts(client, run_id, config, state, scores, class_names, class_keys),
+            artifacts=_log_artifacts(
+                client, run_id, config, state, scores, class_names, class_keys
+            ),
             run_id=run_id,
         )
 
@@ -126,7 +160,10 @@ def _predict(model, dataset, output_column: str | None) -> _Predictions:
     else:
         raw_model = _raw_model(model)
         if hasattr(raw_model, "predict_proba") and hasattr(raw_model, "classes_"):
-            output, label_list = raw_model.predict_proba(dataset.features_data), list(raw_model.classes_)
+            output, label_list = (
+                raw_model.predict_proba(dataset.features_data),
+                list(raw_model.classes_),
+            )
         else:
             output, label_list = model.predict(dataset.features_data), None
     if hasattr(output, "columns") and output_column is not None:
@@ -140,7 +177,9 @@ def _predict(model, dataset, output_column: str | None) -> _Predictions:
         return _Predictions("binary", output.astype(np.float64), None, label_list)
     if output.ndim == 1:
         return _Predictions("multiclass", None, output, label_list)
-    raise ValueError(f"Unsupported model output of shape {output.shape}: expected (N,), (N, 1) or (N, C).")
+    raise ValueError(
+        f"Unsupported model output of shape {output.shape}: expected (N,), (N, 1) or (N, C)."
+    )
 
 
 def _raw_model(model):
@@ -161,9 +200,14 @@ def _label_list(config: EvaluatorConfig, predicted: _Predictions, y_true: np.nda
         label_list = list(range(predicted.scores.shape[1]))
     else:
         label_list = np.unique(np.concatenate([y_true, predicted.labels])).tolist()
-    if predicted.scores is not None and predicted.task == "multiclass" and len(label_list) != predicted.scores.shape[1]:
+    if (
+        predicted.scores is not None
+        and predicted.task == "multiclass"
+        and len(label_list) != predicted.scores.shape[1]
+    ):
         raise ValueError(
-            f"The model gives {predicted.scores.shape[1]} score columns for {len(label_list)} classes {label_list}: "
+            f"The model gives {predicted.scores.shape[1]} score columns for {len(label_list)} "
+            f"classes {label_list}: "
             "pass evaluator_config={'label_list': [...]} with one class per column."
         )
     return label_list
@@ -184,16 +228,22 @@ def _state(config: EvaluatorConfig, predicted: _Predictions, y_true: np.ndarray,
     scores = predicted.scores
     if scores is None:  # labels only: a one-hot "score" gives the same argmax, no PR curves
         scores = np.eye(len(label_list))[_class_indices(predicted.labels, label_list, "predicted")]
-        return functional.update_state(y_true, scores, task="multiclass", num_bins=0)
+        return functional.state_from_predictions(y_true, scores, task="multiclass", num_bins=0)
     if config.from_logits:
         scores = expit(scores) if predicted.task == "binary" else softmax(scores, axis=1)
     if np.any((scores < 0) | (scores > 1)):
         raise ValueError(
-            "The model's scores are not probabilities (some lie outside [0, 1]): if it outputs logits, pass "
+            "The model's scores are not probabilities (some lie outside [0, 1]): if it outputs "
+            "logits, pass "
             "evaluator_config={'from_logits': True}."
         )
-    return functional.update_state(y_true, scores, task=predicted.task, threshold=config.threshold,
-                                   num_bins=config.pr_thresholds)
+    return functional.state_from_predictions(
+        y_true,
+        scores,
+        task=predicted.task,
+        threshold=config.threshold,
+        num_bins=config.pr_thresholds,
+    )
 
 
 def _log_artifacts(client, run_id, config, state, scores, class_names, class_keys) -> dict:
@@ -202,26 +252,41 @@ def _log_artifacts(client, run_id, config, state, scores, class_names, class_key
     folder = f"{report.ARTIFACT_DIR}/{config.split}"
     artifact_uri = client.get_run(run_id).info.artifact_uri
     labels = list(range(len(class_names)))
-    document = report.classification_report(state, class_names, labels=labels,
-                                            zero_division=config.zero_division, scores=scores)
+    document = report.classification_report(
+        state, class_names, labels=labels, zero_division=config.zero_division, scores=scores
+    )
     document["split"] = config.split
     texts = {
-        "confusion_matrix.json": json.dumps(report.confusion_matrix_payload(state, class_names, None, config.split)),
+        "confusion_matrix.json": json.dumps(
+            report.confusion_matrix_payload(state, class_names, None, config.split)
+        ),
         "classification_report.json": report.to_json(document),
-        "classification_report.md": report.to_markdown(document, title=f"Classification report — {config.split}"),
+        "classification_report.md": report.to_markdown(
+            document, title=f"Classification report — {config.split}"
+        ),
     }
     if state.score_histogram is not None:
-        texts["pr_curves.json"] = json.dumps(report.pr_curves_payload(state, class_names, labels, scores))
-    client.log_text(run_id, json.dumps(report.labels_payload(class_names, class_keys), indent=2),
-                    f"{report.ARTIFACT_DIR}/labels.json")
+        texts["pr_curves.json"] = json.dumps(
+            report.pr_curves_payload(state, class_names, labels, scores)
+        )
+    client.log_text(
+        run_id,
+        json.dumps(report.labels_payload(class_names, class_keys), indent=2),
+        f"{report.ARTIFACT_DIR}/labels.json",
+    )
     artifacts = {}
     for file_name, text in texts.items():
         client.log_text(run_id, text, f"{folder}/{file_name}")
-        artifact_class = JsonEvaluationArtifact if file_name.endswith(".json") else TextEvaluationArtifact
+        artifact_class = (
+            JsonEvaluationArtifact if file_name.endswith(".json") else TextEvaluationArtifact
+        )
         artifacts[file_name] = artifact_class(uri=f"{artifact_uri}/{folder}/{file_name}")
-    figures = plots.plot_state(state, scores, class_names, labels, zero_division=config.zero_division,
-                               title=config.split)
+    figures = plots.plot_state(
+        state, scores, class_names, labels, zero_division=config.zero_division, title=config.split
+    )
     for stem, figure in figures.items():
         client.log_figure(run_id, figure, f"{folder}/{stem}.png")
-        artifacts[f"{stem}.png"] = ImageEvaluationArtifact(uri=f"{artifact_uri}/{folder}/{stem}.png")
+        artifacts[f"{stem}.png"] = ImageEvaluationArtifact(
+            uri=f"{artifact_uri}/{folder}/{stem}.png"
+        )
     return artifacts

@@ -13,42 +13,55 @@ The state of one split is a :class:`ClassificationState`:
   positive for class ``c`` with score in bin ``b``, ``[0, c, b]`` the negatives. Bin ``b`` holds
   scores in ``[b / T, (b + 1) / T)`` (see :func:`score_bins`); the last bin also holds 1.0.
 
-The functions are split like torchmetrics' functional API: *update* (arrays -> state,
-:func:`update_state`), *compute* (state -> numbers, everything else).
+The functions are split like torchmetrics' functional API: *update* (predictions -> state,
+:func:`state_from_predictions`, one formatter per task) and *compute* (state -> numbers, named
+by what they compute from: ``*_from_confusion_matrix``, ``*_from_histogram``).
+
+>>> state = state_from_predictions([0, 1, 1, 2], [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1],
+...                                               [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
+>>> state.confusion_matrix
+array([[1., 0., 0.],
+       [1., 1., 0.],
+       [0., 0., 1.]])
+>>> round(classification_scores(state)["f1_macro"], 4)
+0.7778
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 from scipy.special import digamma
 
+from mlflow_mcmetrics.validation import TASKS, check_arguments
+
 __all__ = [
     "DEFAULT_PR_THRESHOLDS",
-    "ClassificationState",
     "TASKS",
-    "average_precision",
-    "check_zero_division",
+    "ClassificationState",
+    "average_precision_from_histogram",
     "classification_scores",
+    "f1_macro_from_stat_scores",
     "merge_states",
-    "precision_recall_curve",
-    "precision_recall_fscore_support",
+    "precision_recall_curve_from_histogram",
+    "precision_recall_f1_from_confusion_matrix",
     "score_bins",
-    "stat_scores",
-    "update_state",
+    "stat_scores_from_confusion_matrix",
+    "state_from_predictions",
 ]
 
 Task = Literal["multiclass", "binary", "multilabel"]
 Average = Literal["micro", "macro", "weighted"] | None
-TASKS: tuple[str, ...] = ("multiclass", "binary", "multilabel")
 
 #: Uniform score bins per class for PR curves. Measured on the MLproject's digits CNN
 #: (benchmarks/README.md): binned AP within 0.0002 of scikit-learn's after training and
 #: within 0.009 after 3 epochs, when scores are bunched in 0.01-0.4 (1000 bins: 0.002 and
-#: 0.034; logit-spaced bins did worse in both). Update cost does not depend on it; the state
-#: is 2 * C * 4096 float32 (32 MB for 1000 classes).
+#: 0.034; logit-spaced bins did worse in both). The update touches only the bins a batch
+#: fills, so its cost does not depend on this; the state is 2 x 2 x C x 4096 float32 (64 MB
+#: for 1000 classes).
 DEFAULT_PR_THRESHOLDS = 4096
 
 
@@ -65,7 +78,7 @@ class ClassificationState:
 
     @property
     def num_samples(self) -> float:
-        """(Weighted) number of samples counted; each label's 2×2 counts all of a multilabel state."""
+        """(Weighted) number of samples (each label's 2x2 of a multilabel state counts all)."""
         counted = self.confusion_matrix[0] if self.is_multilabel else self.confusion_matrix
         return float(counted.sum())
 
@@ -74,24 +87,25 @@ class ClassificationState:
         return self.confusion_matrix.ndim == 3
 
 
-def check_zero_division(zero_division: float) -> float:
-    """``zero_division`` as a float, or a ValueError naming the accepted values."""
-    is_number = isinstance(zero_division, (int, float)) and not isinstance(zero_division, bool)
-    if not (is_number and (zero_division in (0.0, 1.0) or np.isnan(zero_division))):
-        raise ValueError(
-            f"zero_division must be 0.0, 1.0 or numpy.nan, got {zero_division!r} "
-            "(scikit-learn's 'warn' is not supported: pick the value to report)."
-        )
-    return float(zero_division)
+def _divide(numerator, denominator, zero_division: float, xp: Any = np):
+    """``numerator / denominator`` with ``zero_division`` where the denominator is 0.
 
-
-def _divide(numerator: np.ndarray, denominator: np.ndarray, zero_division: float) -> np.ndarray:
-    """``numerator / denominator`` with ``zero_division`` where the denominator is 0."""
-    numerator = np.asarray(numerator, dtype=np.float64)
-    denominator = np.asarray(denominator, dtype=np.float64)
+    ``xp`` is the array namespace: NumPy here, ``keras.ops`` in the Keras metric's ``result()``.
+    """
     undefined = denominator == 0
-    result = numerator / np.where(undefined, 1.0, denominator)
-    return np.where(undefined, zero_division, result)
+    return xp.where(undefined, zero_division, numerator / xp.where(undefined, 1.0, denominator))
+
+
+def _nanaverage(values, weights=None, xp: Any = np):
+    """Average ignoring NaNs, as scikit-learn; all-zero weights fall back to the plain mean."""
+    defined = xp.logical_not(xp.isnan(values))
+    counted = xp.where(defined, 1.0, 0.0)
+    if weights is not None:
+        weighted = xp.where(defined, weights, 0.0)
+        counted = xp.where(xp.sum(weighted) > 0, weighted, counted)
+    total = xp.sum(counted)
+    mean = xp.sum(xp.where(defined, values, 0.0) * counted) / xp.where(total > 0, total, 1.0)
+    return xp.where(total > 0, mean, float("nan"))
 
 
 def _resolve_labels(num_classes: int, labels) -> np.ndarray:
@@ -109,20 +123,57 @@ def score_bins(scores: np.ndarray, num_bins: int) -> np.ndarray:
     Bin ``b`` therefore corresponds to the decision rule ``score >= b / num_bins``, which is
     what makes a cumulative sum over bins a precision-recall curve. Computed in float32, as
     the Keras metric does on the device, so both put a score in the same bin.
+
+    >>> score_bins([0.0, 0.249, 0.25, 0.999, 1.0], 4)
+    array([0, 0, 1, 3, 3])
     """
     bins = np.floor(np.asarray(scores, dtype=np.float32) * np.float32(num_bins)).astype(np.int64)
     return np.clip(bins, 0, num_bins - 1)
 
 
-def update_state(
-    y_true: np.ndarray,
-    y_score: np.ndarray,
+# -- update: one formatter per task, (y_true, y_score) -> (positive, predicted, scores) --------
+def _format_multiclass(y_true, y_score, threshold):
+    """Argmax decision; ``y_true`` holds class indices."""
+    num_classes = y_score.shape[1]
+    labels = np.asarray(y_true).astype(np.int64).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"Labels must be in [0, {num_classes}); got {np.unique(labels)}.")
+    positive = labels[:, None] == np.arange(num_classes)[None, :]
+    predicted = np.argmax(y_score, axis=1)[:, None] == np.arange(num_classes)[None, :]
+    return positive, predicted, y_score
+
+
+def _format_binary(y_true, y_score, threshold):
+    """One positive-class probability per sample, ``> threshold``; two classes in the state."""
+    positive_score = y_score.reshape(-1)
+    y_score = np.stack([1.0 - positive_score, positive_score], axis=1)
+    positive, _, _ = _format_multiclass(y_true, y_score, threshold)
+    predicted_class = (positive_score > threshold).astype(np.int64)
+    return positive, np.stack([predicted_class == 0, predicted_class == 1], axis=1), y_score
+
+
+def _format_multilabel(y_true, y_score, threshold):
+    """``C`` independent labels, 0/1 each, ``> threshold``."""
+    positive = np.asarray(y_true).astype(np.int64).reshape(y_score.shape).astype(bool)
+    return positive, y_score > threshold, y_score
+
+
+_FORMATTERS = {
+    "multiclass": _format_multiclass,
+    "binary": _format_binary,
+    "multilabel": _format_multilabel,
+}
+
+
+def state_from_predictions(
+    y_true: Sequence | np.ndarray,
+    y_score: Sequence | np.ndarray,
     *,
     task: Task = "multiclass",
     threshold: float = 0.5,
     ignore_class: int | None = None,
     num_bins: int = 0,
-    sample_weight: np.ndarray | None = None,
+    sample_weight: Sequence | np.ndarray | None = None,
 ) -> ClassificationState:
     """State of one batch of predictions, from NumPy arrays (probabilities, not logits).
 
@@ -140,44 +191,45 @@ def update_state(
     Returns:
         The :class:`ClassificationState`; add states of several batches with
         :func:`merge_states`.
+
+    >>> state_from_predictions([1, 0, 1], [0.9, 0.4, 0.3], task="binary").confusion_matrix
+    array([[1., 0.],
+           [1., 1.]])
     """
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}.")
-    y_true = np.asarray(y_true)
+    check_arguments(task=task, threshold=threshold, pr_thresholds=num_bins)
     y_score = np.asarray(y_score, dtype=np.float64)
-    if task == "binary":
-        positive = y_score.reshape(-1)
-        y_score = np.stack([1.0 - positive, positive], axis=1)
-        y_pred = (positive > threshold).astype(np.int64)
-    elif task == "multiclass":
-        y_pred = np.argmax(y_score, axis=1)
-    else:
-        y_pred = (y_score > threshold).astype(np.int64)
-    num_samples, num_classes = y_score.shape
+    if y_score.ndim == 1:
+        y_score = y_score[:, None]
+    num_samples = y_score.shape[0]
     weights = (
         np.ones(num_samples) if sample_weight is None else np.asarray(sample_weight, np.float64)
     )
+    if ignore_class is not None:
+        check_arguments(
+            task=task,
+            ignore_class=ignore_class,
+            num_classes=2 if task == "binary" else y_score.shape[1],
+        )
+        keep = np.asarray(y_true).reshape(-1) != ignore_class
+        y_true, y_score, weights = (
+            np.asarray(y_true).reshape(-1)[keep],
+            y_score[keep],
+            weights[keep],
+        )
+    positive, predicted, y_score = _FORMATTERS[task](y_true, y_score, threshold)
+    num_classes = y_score.shape[1]
 
     if task == "multilabel":
-        y_true = y_true.astype(np.int64).reshape(num_samples, num_classes)
-        cells = np.arange(num_classes) * 4 + y_true * 2 + y_pred
-        confusion = np.bincount(
-            cells.reshape(-1),
-            weights=np.repeat(weights, num_classes),
-            minlength=4 * num_classes,
-        ).reshape(num_classes, 2, 2)
-        positive = y_true.astype(bool)
+        cells = np.arange(num_classes) * 4 + positive * 2 + predicted
+        confusion_weights = np.repeat(weights, num_classes)
+        confusion_shape: tuple[int, ...] = (num_classes, 2, 2)
     else:
-        y_true = y_true.astype(np.int64).reshape(-1)
-        if ignore_class is not None:
-            keep = y_true != ignore_class
-            y_true, y_pred, y_score, weights = y_true[keep], y_pred[keep], y_score[keep], weights[keep]
-        if y_true.size and (y_true.min() < 0 or y_true.max() >= num_classes):
-            raise ValueError(f"Labels must be in [0, {num_classes}); got {np.unique(y_true)}.")
-        confusion = np.bincount(
-            y_true * num_classes + y_pred, weights=weights, minlength=num_classes**2
-        ).reshape(num_classes, num_classes)
-        positive = y_true[:, None] == np.arange(num_classes)[None, :]
+        cells = np.argmax(positive, axis=1) * num_classes + np.argmax(predicted, axis=1)
+        confusion_weights = weights
+        confusion_shape = (num_classes, num_classes)
+    confusion = np.bincount(
+        cells.reshape(-1), weights=confusion_weights, minlength=int(np.prod(confusion_shape))
+    )
 
     histogram = None
     if num_bins:
@@ -191,7 +243,7 @@ def update_state(
             weights=np.repeat(weights, num_classes),
             minlength=2 * num_classes * num_bins,
         ).reshape(2, num_classes, num_bins)
-    return ClassificationState(confusion, histogram)
+    return ClassificationState(confusion.reshape(confusion_shape), histogram)
 
 
 def merge_states(*states: ClassificationState) -> ClassificationState:
@@ -203,10 +255,16 @@ def merge_states(*states: ClassificationState) -> ClassificationState:
     )
 
 
-def stat_scores(confusion_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# -- compute -------------------------------------------------------------------------------------
+def stat_scores_from_confusion_matrix(
+    confusion_matrix: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class true positives, predicted positives and actual positives (support).
 
     Accepts a multiclass ``(C, C)`` or a multilabel ``(C, 2, 2)`` confusion matrix.
+
+    >>> stat_scores_from_confusion_matrix(np.array([[3, 1], [2, 4]]))
+    (array([3., 4.]), array([5., 5.]), array([4., 6.]))
     """
     confusion_matrix = np.asarray(confusion_matrix, dtype=np.float64)
     if confusion_matrix.ndim == 3:
@@ -220,21 +278,24 @@ def stat_scores(confusion_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return true_positives, predicted, support
 
 
-def _nanaverage(values: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """Average ignoring NaNs; all-zero weights fall back to the plain mean (as scikit-learn)."""
-    keep = ~np.isnan(values)
-    if not keep.any():
-        return float("nan")
-    values = values[keep]
-    if weights is not None and weights[keep].sum() > 0:
-        return float(np.average(values, weights=weights[keep]))
-    return float(values.mean())
+def f1_macro_from_stat_scores(
+    true_positives, predicted, support, zero_division: float = 0.0, xp: Any = np
+):
+    """Macro F1 over the classes given (NaN F1s left out), in the array namespace ``xp``.
+
+    The Keras metric's ``result()`` calls it with ``xp=keras.ops`` on its per-class counts.
+
+    >>> true_positives, predicted, support = np.array([[3.0, 0.0], [5.0, 0.0], [4.0, 0.0]])
+    >>> float(f1_macro_from_stat_scores(true_positives, predicted, support))
+    0.3333333333333333
+    """
+    return _nanaverage(_divide(2.0 * true_positives, support + predicted, zero_division, xp), xp=xp)
 
 
-def precision_recall_fscore_support(
+def precision_recall_f1_from_confusion_matrix(
     confusion_matrix: np.ndarray,
     *,
-    labels=None,
+    labels: Sequence[int] | None = None,
     average: Average = None,
     zero_division: float = 0.0,
 ):
@@ -251,11 +312,16 @@ def precision_recall_fscore_support(
     Returns:
         ``(precision, recall, f1, support)``: arrays over ``labels`` for ``average=None``,
         otherwise floats and ``support=None``.
+
+    >>> precision, recall, f1, _ = precision_recall_f1_from_confusion_matrix(
+    ...     np.array([[3, 1], [2, 4]]), average="macro")
+    >>> round(precision, 4), round(recall, 4), round(f1, 4)
+    (0.7, 0.7083, 0.697)
     """
-    zero_division = check_zero_division(zero_division)
+    check_arguments(zero_division=zero_division)
     if average not in (None, "micro", "macro", "weighted"):
         raise ValueError(f"average must be None, 'micro', 'macro' or 'weighted', got {average!r}.")
-    true_positives, predicted, support = stat_scores(confusion_matrix)
+    true_positives, predicted, support = stat_scores_from_confusion_matrix(confusion_matrix)
     labels = _resolve_labels(len(support), labels)
     true_positives, predicted, support = true_positives[labels], predicted[labels], support[labels]
     if average == "micro":
@@ -270,10 +336,15 @@ def precision_recall_fscore_support(
     if average is None:
         return precision, recall, f1, support
     weights = support if average == "weighted" else None
-    return _nanaverage(precision, weights), _nanaverage(recall, weights), _nanaverage(f1, weights), None
+    return (
+        float(_nanaverage(precision, weights)),
+        float(_nanaverage(recall, weights)),
+        float(_nanaverage(f1, weights)),
+        None,
+    )
 
 
-def precision_recall_curve(score_histogram: np.ndarray):
+def precision_recall_curve_from_histogram(score_histogram: np.ndarray):
     """Per-class binned precision-recall curves.
 
     Args:
@@ -284,6 +355,11 @@ def precision_recall_curve(score_histogram: np.ndarray):
         for the decision rules ``score >= thresholds[b]``, ``thresholds = b / T`` for
         ``b = 0..T-1``, followed by the end point (nothing predicted: precision 1, recall 0)
         as in scikit-learn. Recall is 0 for a class without positives.
+
+    >>> histogram = np.array([[[2, 1]], [[1, 3]]])  # one class, 2 bins: negatives, positives
+    >>> precision, recall, thresholds = precision_recall_curve_from_histogram(histogram)
+    >>> precision, recall, thresholds
+    (array([[0.57142857, 0.75      , 1.        ]]), array([[1.  , 0.75, 0.  ]]), array([0. , 0.5]))
     """
     negatives, positives = np.asarray(score_histogram, dtype=np.float64)
     num_bins = positives.shape[1]
@@ -313,7 +389,7 @@ def _sum_of_precisions(true_before, false_before, positives, negatives_first):
     return positives - false_total * harmonic
 
 
-def average_precision(score_histogram: np.ndarray):
+def average_precision_from_histogram(score_histogram: np.ndarray):
     """Per-class average precision from binned scores, with its tie interval.
 
     The binned value is scikit-learn's ``average_precision_score`` (the step-wise sum
@@ -326,6 +402,11 @@ def average_precision(score_histogram: np.ndarray):
     Returns:
         ``(ap, lower, upper)``, each ``(C,)``. A class without positives has AP 0, as in
         scikit-learn.
+
+    >>> histogram = np.array([[[2, 1]], [[1, 3]]])  # one class, 2 bins: negatives, positives
+    >>> ap, lower, upper = average_precision_from_histogram(histogram)
+    >>> ap.round(4), lower.round(4), upper.round(4)
+    (array([0.7054]), array([0.622]), array([0.95]))
     """
     negatives, positives = np.asarray(score_histogram, dtype=np.float64)
     # Walk from the highest bin down; "before" = counts in strictly higher bins.
@@ -365,7 +446,7 @@ def classification_scores(
     labels = _resolve_labels(state.num_classes, labels)
 
     def averaged(average):
-        return precision_recall_fscore_support(
+        return precision_recall_f1_from_confusion_matrix(
             state.confusion_matrix, labels=labels, average=average, zero_division=zero_division
         )
 
@@ -383,6 +464,10 @@ def classification_scores(
         "recall_macro": recall_macro,
     }
     if state.score_histogram is not None:
-        ap, lower, upper = (values[labels] for values in average_precision(state.score_histogram))
-        scores.update(ap=ap, ap_lower=lower, ap_upper=upper, map=float(ap.mean()) if ap.size else 0.0)
+        ap, lower, upper = (
+            values[labels] for values in average_precision_from_histogram(state.score_histogram)
+        )
+        scores.update(
+            ap=ap, ap_lower=lower, ap_upper=upper, map=float(ap.mean()) if ap.size else 0.0
+        )
     return scores

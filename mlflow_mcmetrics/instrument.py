@@ -56,6 +56,7 @@ except ImportError:  # not public API: without it the metrics work, mode="auto" 
         def get_result(self):
             return {metric.name: metric.result() for metric in self.metrics}
 
+
 __all__ = [
     "FitClassificationMetrics",
     "FitInstrumentation",
@@ -67,10 +68,27 @@ __all__ = [
 _CLASSIFICATION_LOSS = re.compile(r"crossentropy|hinge|focal|ldam")
 _REGRESSION_LOSSES = frozenset(
     {
-        "mean_squared_error", "mse", "mean_absolute_error", "mae", "mean_absolute_percentage_error",
-        "mape", "mean_squared_logarithmic_error", "msle", "huber", "huber_loss", "log_cosh",
-        "logcosh", "cosine_similarity", "poisson", "kl_divergence", "kld",
-        "kullback_leibler_divergence", "ctc", "dice", "tversky", "circle",
+        "mean_squared_error",
+        "mse",
+        "mean_absolute_error",
+        "mae",
+        "mean_absolute_percentage_error",
+        "mape",
+        "mean_squared_logarithmic_error",
+        "msle",
+        "huber",
+        "huber_loss",
+        "log_cosh",
+        "logcosh",
+        "cosine_similarity",
+        "poisson",
+        "kl_divergence",
+        "kld",
+        "kullback_leibler_divergence",
+        "ctc",
+        "dice",
+        "tversky",
+        "circle",
     }
 )
 
@@ -150,8 +168,10 @@ def classification_outputs(
     names = _output_names(model, len(layers))
     compiled_loss = getattr(model, "loss", None)
     specs, skipped = [], []
-    for index, (name, layer) in enumerate(zip(names, layers)):
-        loss_name, loss_class, loss_logits = _loss_name_and_logits(_loss_of_output(compiled_loss, name, index))
+    for index, (name, layer) in enumerate(zip(names, layers, strict=True)):
+        loss_name, loss_class, loss_logits = _loss_name_and_logits(
+            _loss_of_output(compiled_loss, name, index)
+        )
         activation = _activation_name(layer)
         output = f"output {name!r}" if name else "the output"
         forced = task != "auto" and len(layers) == 1
@@ -259,7 +279,11 @@ class FitInstrumentation:
             task, num_classes = _task_for_width(spec.task, shapes[spec.index][-1])
             name = "f1_macro" if spec.name is None else f"{spec.name}_f1_macro"
             metric = FitClassificationMetrics(
-                num_classes, task=task, from_logits=spec.from_logits, name=name, **self.metric_kwargs
+                num_classes,
+                task=task,
+                from_logits=spec.from_logits,
+                name=name,
+                **self.metric_kwargs,
             )
             self.metrics[spec.name] = metric
             self.holder.metrics.append(metric)

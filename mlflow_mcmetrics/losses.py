@@ -44,7 +44,14 @@ __all__ = [
 ]
 
 LOSSES = (
-    "cce", "weighted_cce", "focal", "class_balanced", "logit_adjusted", "balanced_softmax", "ldam", "weighted_bce",
+    "cce",
+    "weighted_cce",
+    "focal",
+    "class_balanced",
+    "logit_adjusted",
+    "balanced_softmax",
+    "ldam",
+    "weighted_bce",
 )
 
 
@@ -91,7 +98,12 @@ def _cross_entropy(labels, logits):
 class WeightedCategoricalCrossentropy(keras.losses.Loss):
     """``-w_y * log softmax(z)_y`` (``class_weights=None``: plain cross-entropy)."""
 
-    def __init__(self, class_weights: Sequence[float] | None = None, name="weighted_categorical_crossentropy", **kwargs):
+    def __init__(
+        self,
+        class_weights: Sequence[float] | None = None,
+        name="weighted_categorical_crossentropy",
+        **kwargs,
+    ):
         super().__init__(name=name, **kwargs)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
 
@@ -100,7 +112,9 @@ class WeightedCategoricalCrossentropy(keras.losses.Loss):
         loss = _cross_entropy(labels, logits)
         if self.class_weights is None:
             return loss
-        return loss * ops.sum(labels * ops.convert_to_tensor(self.class_weights, "float32"), axis=-1)
+        return loss * ops.sum(
+            labels * ops.convert_to_tensor(self.class_weights, "float32"), axis=-1
+        )
 
     def get_config(self):
         return {**super().get_config(), "class_weights": self.class_weights}
@@ -115,9 +129,17 @@ class ClassBalancedCrossentropy(WeightedCategoricalCrossentropy):
     nearly ``n * (1 - beta)`` and the weights *are* inverse frequency.
     """
 
-    def __init__(self, class_counts: Sequence[float], beta: float = 0.99, name="class_balanced_crossentropy", **kwargs):
+    def __init__(
+        self,
+        class_counts: Sequence[float],
+        beta: float = 0.99,
+        name="class_balanced_crossentropy",
+        **kwargs,
+    ):
         kwargs.pop("class_weights", None)
-        super().__init__(class_weights=class_balanced_weights(class_counts, beta), name=name, **kwargs)
+        super().__init__(
+            class_weights=class_balanced_weights(class_counts, beta), name=name, **kwargs
+        )
         self.class_counts = [float(c) for c in class_counts]
         self.beta = float(beta)
 
@@ -127,31 +149,47 @@ class ClassBalancedCrossentropy(WeightedCategoricalCrossentropy):
         return {**config, "class_counts": self.class_counts, "beta": self.beta}
 
 
+class _ClassCountsLoss(keras.losses.Loss):
+    """A loss built from the training labels' per-class counts, which its config keeps."""
+
+    def __init__(self, class_counts: Sequence[float], **kwargs):
+        super().__init__(**kwargs)
+        self.counts = _counts(class_counts)
+        self.class_counts = self.counts.tolist()
+
+    def get_config(self):
+        return {**super().get_config(), "class_counts": self.class_counts}
+
+
 @keras.saving.register_keras_serializable(package="mlflow_mcmetrics")
-class LogitAdjustedCrossentropy(keras.losses.Loss):
+class LogitAdjustedCrossentropy(_ClassCountsLoss):
     """Cross-entropy of ``logits + tau * log(prior)`` (Menon et al. 2021).
 
     At ``tau = 1`` this is Balanced Softmax (Ren et al. 2020). The model's own logits stay
     unadjusted, so its predictions are the balanced (prior-free) ones.
     """
 
-    def __init__(self, class_counts: Sequence[float], tau: float = 1.0, name="logit_adjusted_crossentropy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        counts = _counts(class_counts)
-        self.class_counts = counts.tolist()
+    def __init__(
+        self,
+        class_counts: Sequence[float],
+        tau: float = 1.0,
+        name="logit_adjusted_crossentropy",
+        **kwargs,
+    ):
+        super().__init__(class_counts, name=name, **kwargs)
         self.tau = float(tau)
-        self._adjustment = (self.tau * np.log(counts / counts.sum())).astype("float32")
+        self._adjustment = (self.tau * np.log(self.counts / self.counts.sum())).astype("float32")
 
     def call(self, y_true, y_pred):
         labels, logits = _labels_and_logits(y_true, y_pred)
         return _cross_entropy(labels, logits + ops.convert_to_tensor(self._adjustment))
 
     def get_config(self):
-        return {**super().get_config(), "class_counts": self.class_counts, "tau": self.tau}
+        return {**super().get_config(), "tau": self.tau}
 
 
 @keras.saving.register_keras_serializable(package="mlflow_mcmetrics")
-class LDAMLoss(keras.losses.Loss):
+class LDAMLoss(_ClassCountsLoss):
     """Label-distribution-aware margin loss (Cao et al. 2019).
 
     The true-class logit is lowered by ``margin_c = m / n_c ** (1/4)``, scaled so that the
@@ -172,29 +210,28 @@ class LDAMLoss(keras.losses.Loss):
         name="ldam",
         **kwargs,
     ):
-        super().__init__(name=name, **kwargs)
-        counts = _counts(class_counts)
-        self.class_counts = counts.tolist()
+        super().__init__(class_counts, name=name, **kwargs)
         self.max_margin = float(max_margin)
         self.scale = float(scale)
         self.drw_start_epoch = drw_start_epoch
         self.drw_beta = float(drw_beta)
-        margins = 1.0 / np.power(counts, 0.25)
+        margins = 1.0 / np.power(self.counts, 0.25)
         self._margins = (margins * self.max_margin / margins.max()).astype("float32")
-        self._drw_weights = class_balanced_weights(counts, self.drw_beta).astype("float32")
+        self._drw_weights = class_balanced_weights(self.counts, self.drw_beta).astype("float32")
         # 0 before deferred re-weighting starts, 1 after; a variable, so the compiled step sees it.
         self.reweighting = keras.Variable(0.0, trainable=False, name="ldam_reweighting")
 
     def call(self, y_true, y_pred):
         labels, logits = _labels_and_logits(y_true, y_pred)
-        loss = _cross_entropy(labels, self.scale * (logits - labels * ops.convert_to_tensor(self._margins)))
+        loss = _cross_entropy(
+            labels, self.scale * (logits - labels * ops.convert_to_tensor(self._margins))
+        )
         weight = ops.sum(labels * ops.convert_to_tensor(self._drw_weights), axis=-1)
         return loss * (1.0 + self.reweighting * (weight - 1.0))
 
     def get_config(self):
         return {
             **super().get_config(),
-            "class_counts": self.class_counts,
             "max_margin": self.max_margin,
             "scale": self.scale,
             "drw_start_epoch": self.drw_start_epoch,
@@ -254,7 +291,9 @@ def get(name: str, class_counts: Sequence[float], **kwargs) -> keras.losses.Loss
     if name == "cce":
         return WeightedCategoricalCrossentropy(**kwargs)
     if name == "weighted_cce":
-        return WeightedCategoricalCrossentropy(inverse_frequency_weights(class_counts).tolist(), **kwargs)
+        return WeightedCategoricalCrossentropy(
+            inverse_frequency_weights(class_counts).tolist(), **kwargs
+        )
     if name == "focal":
         return SparseOrOneHotFocalCrossentropy(from_logits=True, **kwargs)
     if name == "class_balanced":
@@ -268,5 +307,7 @@ def get(name: str, class_counts: Sequence[float], **kwargs) -> keras.losses.Loss
     if name == "weighted_bce":
         num_samples = kwargs.pop("num_samples")
         positives = _counts(class_counts)
-        return WeightedBinaryCrossentropy(((num_samples - positives) / positives).tolist(), **kwargs)
+        return WeightedBinaryCrossentropy(
+            ((num_samples - positives) / positives).tolist(), **kwargs
+        )
     raise ValueError(f"Unknown loss {name!r}; choose one of {', '.join(LOSSES)}.")

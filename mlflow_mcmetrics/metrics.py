@@ -1,21 +1,37 @@
 """The Keras metric: accumulates a confusion matrix and score histograms on the device.
 
 :class:`ClassificationMetrics` does no host work per batch. Its state is the layout that
-:mod:`mlflow_mcmetrics.functional` computes scores from (see :class:`~.functional.ClassificationState`);
-:meth:`ClassificationMetrics.state` copies it to the host once. It works in ``compile(metrics=...)``,
-in ``weighted_metrics`` (then it also receives ``sample_weight``) and in custom training loops,
-under ``jit_compile=True``, ``tf.distribute`` strategies and every Keras 3 backend.
+:mod:`mlflow_mcmetrics.functional` computes scores from (see
+:class:`~.functional.ClassificationState`); :meth:`ClassificationMetrics.state` copies it to the
+host once. It works in ``compile(metrics=...)``, in ``weighted_metrics`` (then it also receives
+``sample_weight``) and in custom training loops, under ``jit_compile=True``, ``tf.distribute``
+strategies and every Keras 3 backend.
+
+A batch touches only the cells it changes: each count is scattered into the state
+(:func:`scatter_into`), so an update costs O(N * C) whatever the number of classes squared or
+of histogram bins. Counts are exact far beyond float32's 2**24 (see :class:`ExactCounts`).
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from mlflow_mcmetrics.functional import DEFAULT_PR_THRESHOLDS, TASKS, ClassificationState, check_zero_division
+from mlflow_mcmetrics import functional
+from mlflow_mcmetrics.functional import DEFAULT_PR_THRESHOLDS, ClassificationState
+from mlflow_mcmetrics.validation import check_arguments
 
-__all__ = ["DEFAULT_PR_THRESHOLDS", "ClassificationMetrics", "register_with_keras"]
+__all__ = [
+    "DEFAULT_PR_THRESHOLDS",
+    "ClassificationMetrics",
+    "ExactCounts",
+    "register_with_keras",
+    "scatter_into",
+]
 
 REGISTERED_NAME = "mlflow_mcmetrics>ClassificationMetrics"
 
@@ -25,6 +41,158 @@ except ImportError:  # not public API; the attribute is where Keras 3 has kept m
 
     def get_keras_mask(x):
         return getattr(x, "_keras_mask", None)
+
+
+def scatter_into(variable: keras.Variable, indices, updates=None, *, add: bool = False):
+    """Sparse access to a 1-D state variable, in place: the one backend-dispatch point.
+
+    ``updates=None`` reads ``variable[indices]``; otherwise ``variable[indices] += updates``
+    (``add=True``; repeated indices add up) or ``= updates`` (repeats must carry the same
+    value). Each backend's own sparse ops, so the cost is O(len(indices)), not O(variable
+    size): TensorFlow's resource gather/scatter (on the replica's copy under
+    ``tf.distribute``; XLA-compatible; a dense read of a variable that is also scattered into
+    would copy all of it), JAX's ``.at[]`` (in place when the trainer donates the state, as
+    Keras' does), PyTorch's ``index_add_``/``index_copy_``.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if updates is None:
+            return tf.raw_ops.ResourceGather(
+                resource=variable.handle, indices=indices, dtype=variable.dtype
+            )
+        scatter = tf.raw_ops.ResourceScatterAdd if add else tf.raw_ops.ResourceScatterUpdate
+        scatter(resource=variable.handle, indices=indices, updates=updates)
+    elif updates is None:
+        return ops.take(variable.value, indices)
+    elif backend == "jax":
+        cells = variable.value.at[indices]
+        variable.assign(cells.add(updates) if add else cells.set(updates))
+    elif backend == "torch":
+        indices = indices.long()
+        if add:
+            variable.value.index_add_(0, indices, updates)
+        else:
+            variable.value.index_copy_(0, indices, updates)
+    else:
+        reduction = "add" if add else None
+        variable.assign(
+            ops.scatter_update(
+                variable.value, ops.expand_dims(indices, -1), updates, reduction=reduction
+            )
+        )
+    return None
+
+
+class ExactCounts:
+    """Weighted counts in one flat state, kept as a float32 pair, exact far past float32's 2**24.
+
+    The state is named segments (the confusion matrix, the score histogram, ...) laid end to
+    end in two variables, so that a batch is one scatter and an epoch's reset and read are
+    one operation each. ``recent`` receives the updates; after each update, the whole
+    multiples of :attr:`CARRY` in a touched cell move to ``carried``. ``carried`` holds only
+    multiples of 2**12 (exact up to 2**36) and ``recent`` stays below 2**12 plus one batch
+    (integer counts there are exact; a fractional weight is rounded at most 2**-12
+    absolute). A count is ``carried + recent`` in float64 on the host: exact integers up to
+    2**36 per cell, where a float32 counter stops at 2**24.
+
+    Args:
+        metric: the metric that owns the variables.
+        segments: ``{name: shape}``, in the order they are laid out.
+    """
+
+    CARRY = 2.0**12
+
+    def __init__(self, metric: keras.metrics.Metric, segments: dict[str, tuple[int, ...]]):
+        self.shapes = dict(segments)
+        self.offsets: dict[str, int] = {}
+        size = 0
+        for name, shape in self.shapes.items():
+            self.offsets[name] = size
+            size += math.prod(shape)
+        self.recent = metric.add_variable(
+            shape=(size,), initializer="zeros", dtype="float32", name="counts"
+        )
+        self.carried = metric.add_variable(
+            shape=(size,), initializer="zeros", dtype="float32", name="counts_carried"
+        )
+
+    def scatter_add(self, cells: dict[str, Any], weights: dict[str, Any]) -> None:
+        """Add ``weights[name]`` at the flat positions ``cells[name]`` of each segment named
+        (repeats add up): O(number of cells), whatever the segments' sizes."""
+        indices = ops.concatenate(
+            [ops.reshape(self.offsets[n] + ops.cast(c, "int32"), (-1,)) for n, c in cells.items()]
+        )
+        updates = ops.concatenate(
+            [ops.reshape(ops.cast(weights[n], "float32"), (-1,)) for n in cells]
+        )
+        scatter_into(self.recent, indices, updates, add=True)
+        recent = scatter_into(self.recent, indices)
+        moved = ops.floor(recent / self.CARRY) * self.CARRY
+        # Repeated cells read and write the same values: the move happens once per cell.
+        carried = scatter_into(self.carried, indices)
+        scatter_into(self.recent, indices, recent - moved)
+        scatter_into(self.carried, indices, carried + moved)
+
+    def read(self, name: str):
+        """One segment on the device (float32, in its shape), read sparsely: O(its size)."""
+        indices = ops.arange(
+            self.offsets[name], self.offsets[name] + math.prod(self.shapes[name]), dtype="int32"
+        )
+        total = scatter_into(self.carried, indices) + scatter_into(self.recent, indices)
+        return ops.reshape(total, self.shapes[name])
+
+    def reset(self) -> None:
+        for variable in (self.recent, self.carried):
+            variable.assign(ops.zeros(variable.shape, dtype=variable.dtype))
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """Every segment on the host, float64, in one transfer."""
+        both = ops.convert_to_numpy(ops.stack([self.carried.value, self.recent.value])).astype(
+            np.float64
+        )
+        total = both[0] + both[1]
+        return {
+            name: total[self.offsets[name] : self.offsets[name] + math.prod(shape)].reshape(shape)
+            for name, shape in self.shapes.items()
+        }
+
+
+# -- format: one function per task, (y_true, scores) -> (labels, predicted, valid) -------------
+# Multiclass and binary give one class index per row, multilabel a 0/1 per row and class.
+def _format_multiclass(y_true, scores, threshold):
+    """Argmax decision; labels are class indices or one-hot rows."""
+    num_classes = scores.shape[-1]
+    if len(y_true.shape) == len(scores.shape) and y_true.shape[-1] == num_classes:
+        labels = ops.argmax(y_true, axis=-1)
+    else:
+        labels = ops.reshape(y_true, ops.shape(scores)[:-1])
+    labels = ops.cast(labels, "int32")
+    valid = ops.logical_and(labels >= 0, labels < num_classes)
+    return ops.where(valid, labels, 0), ops.cast(ops.argmax(scores, axis=-1), "int32"), valid
+
+
+def _format_binary(y_true, scores, threshold):
+    """One sigmoid unit (``scores`` holds both classes): class 1 above ``threshold``."""
+    labels = ops.cast(ops.reshape(y_true, ops.shape(scores)[:-1]), "int32")
+    valid = ops.logical_or(labels == 0, labels == 1)
+    return ops.where(valid, labels, 0), ops.cast(scores[..., 1] > threshold, "int32"), valid
+
+
+def _format_multilabel(y_true, scores, threshold):
+    """``C`` independent 0/1 labels, each predicted above ``threshold``."""
+    labels = ops.cast(ops.reshape(y_true, ops.shape(scores)), "int32")
+    valid = ops.all(ops.logical_or(labels == 0, labels == 1), axis=-1)
+    labels = ops.where(ops.expand_dims(valid, -1), labels, 0)
+    return labels, ops.cast(scores > threshold, "int32"), valid
+
+
+_FORMATTERS = {
+    "multiclass": _format_multiclass,
+    "binary": _format_binary,
+    "multilabel": _format_multilabel,
+}
 
 
 def _weights_like(sample_weight, mask, shape):
@@ -47,8 +215,9 @@ class ClassificationMetrics(keras.metrics.Metric):
 
     The metric keeps a ``(C, C)`` confusion matrix (``(C, 2, 2)`` for multilabel) and, with
     ``pr_thresholds > 0``, per-class histograms of the scores of positive and negative samples.
-    Updating costs O(N * C) whatever the number of bins. ``result()`` is the macro F1, so
-    ``val_f1_macro`` works with ``EarlyStopping`` and ``ModelCheckpoint``; the callback
+    An update costs O(N * C) whatever the number of bins: it adds only to the cells the batch
+    touches. ``result()`` is the macro F1 (O(C), from per-class counts kept beside the matrix),
+    so ``val_f1_macro`` works with ``EarlyStopping`` and ``ModelCheckpoint``; the callback
     (:class:`mlflow_mcmetrics.MCMetricsCallback`) turns the full state into per-class values.
 
     Args:
@@ -65,12 +234,13 @@ class ClassificationMetrics(keras.metrics.Metric):
         zero_division: value of an undefined precision/recall/F1 (0.0, 1.0 or NaN).
         name: metric name; the logs get ``name`` and ``val_`` + ``name``.
 
-    Counts are float32: exact for up to 2**24 samples per cell and epoch.
+    Counts are exact integers up to 2**36 per cell and epoch (:class:`ExactCounts`).
 
-    The class registers itself with Keras' serialization (as ``mlflow_mcmetrics>ClassificationMetrics``)
-    when it is first used or read as ``mlflow_mcmetrics.ClassificationMetrics``, not on import:
-    ``mlflow.tensorflow`` pickles Keras' whole registry into every model it logs, and a model
-    trained under ``autolog()`` alone must load where this package is not installed.
+    The class registers itself with Keras' serialization (as
+    ``mlflow_mcmetrics>ClassificationMetrics``) when it is first used or read as
+    ``mlflow_mcmetrics.ClassificationMetrics``, not on import: ``mlflow.tensorflow`` pickles
+    Keras' whole registry into every model it logs, and a model trained under ``autolog()``
+    alone must load where this package is not installed.
     """
 
     def __init__(
@@ -90,159 +260,136 @@ class ClassificationMetrics(keras.metrics.Metric):
             register_with_keras()
         # Higher is better: EarlyStopping/ModelCheckpoint/ReduceLROnPlateau with mode="auto".
         self._direction = "up"
-        if task not in TASKS:
-            raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}.")
-        if int(num_classes) < 2 and task != "multilabel":
-            raise ValueError(
-                f"num_classes must be at least 2 for task={task!r}, got {num_classes} "
-                "(a single sigmoid unit is task='binary' with num_classes=2)."
-            )
-        if task == "binary" and int(num_classes) != 2:
-            raise ValueError(f"task='binary' has num_classes=2, got {num_classes}.")
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
-        if pr_thresholds < 0:
-            raise ValueError(f"pr_thresholds must be >= 0 (0 turns PR curves off), got {pr_thresholds}.")
-        if ignore_class is not None and (task == "multilabel" or not 0 <= ignore_class < num_classes):
-            raise ValueError(
-                f"ignore_class must be a class index in [0, {num_classes}) for a multiclass or "
-                f"binary task, got {ignore_class} with task={task!r}."
-            )
+        check_arguments(
+            task=task,
+            num_classes=num_classes,
+            threshold=threshold,
+            ignore_class=ignore_class,
+            pr_thresholds=pr_thresholds,
+            zero_division=zero_division,
+        )
         self.num_classes = int(num_classes)
         self.task = task
         self.from_logits = bool(from_logits)
         self.threshold = float(threshold)
         self.ignore_class = ignore_class
         self.pr_thresholds = int(pr_thresholds)
-        self.zero_division = check_zero_division(zero_division)
+        self.zero_division = float(zero_division)
 
-        confusion_shape = (
-            (self.num_classes, 2, 2) if task == "multilabel" else (self.num_classes,) * 2
-        )
-        self.confusion_matrix = self.add_variable(
-            shape=confusion_shape, initializer="zeros", dtype="float32", name="confusion_matrix"
-        )
-        self.score_histogram = (
-            self.add_variable(
-                shape=(2, self.num_classes, self.pr_thresholds),
-                initializer="zeros",
-                dtype="float32",
-                name="score_histogram",
-            )
-            if self.pr_thresholds
-            else None
-        )
-        # [labels outside the valid range, predictions with NaN/inf], both left out of the state.
-        self.rejected_counts = self.add_variable(
-            shape=(2,), initializer="zeros", dtype="float32", name="rejected_counts"
-        )
+        num_classes = self.num_classes
+        segments = {
+            "confusion_matrix": (num_classes, 2, 2)
+            if task == "multilabel"
+            else (num_classes, num_classes),
+            # [true positives, predicted, support] per class: result() in O(C) every step.
+            "stat_scores": (3, num_classes),
+            # [labels outside the valid range, predictions with NaN/inf], both left out.
+            "rejected": (2,),
+        }
+        if self.pr_thresholds:
+            # Bins before classes, unlike functional's (2, C, T): a batch's scores bunch in a
+            # few bins across all classes, so its cells share cache lines (T=16384 costs as 200).
+            segments["score_histogram"] = (2, self.pr_thresholds, num_classes)
+        self._counts = ExactCounts(self, segments)
 
-    # -- format: (y_true, y_pred) of any supported layout -> flat rows --------------------------
     def _format(self, y_true, y_pred, sample_weight):
+        """Any supported layout (sparse/one-hot/multilabel labels, sequences, masks) -> flat
+        ``(labels, predicted, scores, weights, rejected)``, one row per sample (per timestep)."""
         mask = get_keras_mask(y_pred)
         y_pred = ops.convert_to_tensor(y_pred)
         y_true = ops.convert_to_tensor(y_true)
-        width = self.num_classes if self.task != "binary" else 1
+        width = 1 if self.task == "binary" else self.num_classes
         if y_pred.shape[-1] != width:
             raise ValueError(
                 f"ClassificationMetrics(task={self.task!r}, num_classes={self.num_classes}) "
                 f"expects predictions whose last axis is {width}, got shape {tuple(y_pred.shape)}."
             )
-        sample_shape = tuple(y_pred.shape[:-1])
         weights = _weights_like(sample_weight, mask, ops.shape(y_pred)[:-1])
-
         scores = ops.cast(y_pred, "float32")
         if self.from_logits:
-            scores = ops.softmax(scores, axis=-1) if self.task == "multiclass" else ops.sigmoid(scores)
-        finite = ops.all(ops.isfinite(scores), axis=-1)
-        scores = ops.where(ops.expand_dims(finite, -1), scores, ops.zeros_like(scores))
-
-        if self.task == "multilabel":
-            labels = ops.cast(ops.reshape(y_true, ops.shape(y_pred)), "int32")
-            valid = ops.all(ops.logical_or(labels == 0, labels == 1), axis=-1)
-            labels = ops.where(ops.expand_dims(valid, -1), labels, ops.zeros_like(labels))
-            predicted = ops.cast(scores > self.threshold, "int32")
-        else:
-            one_hot_labels = (
-                self.task == "multiclass"
-                and len(y_true.shape) == len(y_pred.shape)
-                and y_true.shape[-1] == self.num_classes
+            scores = (
+                ops.softmax(scores, axis=-1) if self.task == "multiclass" else ops.sigmoid(scores)
             )
-            if one_hot_labels:
-                labels = ops.cast(ops.argmax(y_true, axis=-1), "int32")
-            else:
-                labels = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
-            valid = ops.logical_and(labels >= 0, labels < self.num_classes)
-            if self.ignore_class is not None:
-                weights = weights * ops.cast(labels != self.ignore_class, "float32")
-            labels = ops.where(valid, labels, ops.zeros_like(labels))
-            if self.task == "binary":
-                positive = ops.squeeze(scores, axis=-1)
-                predicted = ops.cast(positive > self.threshold, "int32")
-                scores = ops.stack([1.0 - positive, positive], axis=-1)
-            else:
-                predicted = ops.cast(ops.argmax(scores, axis=-1), "int32")
-
-        counted = ops.cast(ops.logical_and(valid, finite), "float32")
+        if self.task == "binary":
+            scores = ops.concatenate([1.0 - scores, scores], axis=-1)
+        finite = ops.all(ops.isfinite(scores), axis=-1)
+        scores = ops.where(ops.expand_dims(finite, -1), scores, 0.0)
+        labels, predicted, valid = _FORMATTERS[self.task](y_true, scores, self.threshold)
+        if self.ignore_class is not None:
+            weights = weights * ops.cast(
+                ops.logical_or(ops.logical_not(valid), labels != self.ignore_class), "float32"
+            )
         rejected = ops.stack(
             [
                 ops.sum(weights * ops.cast(ops.logical_not(valid), "float32")),
                 ops.sum(weights * ops.cast(ops.logical_not(finite), "float32")),
             ]
         )
-        # One row per sample (per timestep for sequences); -1 where a sample axis is dynamic.
-        rows = int(np.prod(sample_shape)) if None not in sample_shape else -1
+        weights = weights * ops.cast(ops.logical_and(valid, finite), "float32")
+        per_class = self.task == "multilabel"
+
+        def rows(x, classes_axis):
+            return ops.reshape(x, (-1, self.num_classes) if classes_axis else (-1,))
+
         return (
-            ops.reshape(labels, (rows, *labels.shape[len(sample_shape):])),
-            ops.reshape(predicted, (rows, *predicted.shape[len(sample_shape):])),
-            ops.reshape(scores, (rows, scores.shape[-1])),
-            ops.reshape(weights * counted, (rows,)),
+            rows(labels, per_class),
+            rows(predicted, per_class),
+            rows(scores, True),
+            ops.reshape(weights, (-1,)),
             rejected,
         )
 
-    # -- update: flat rows -> counts (segment sums: exact, O(N * C), XLA-safe) ------------------
     def update_state(self, y_true, y_pred, sample_weight=None):
         labels, predicted, scores, weights, rejected = self._format(y_true, y_pred, sample_weight)
         num_classes = self.num_classes
         classes = ops.arange(num_classes, dtype="int32")
+        row_weights = ops.expand_dims(weights, -1)
         if self.task == "multilabel":
-            cells = classes * 4 + labels * 2 + predicted
-            cell_weights = ops.broadcast_to(ops.expand_dims(weights, -1), ops.shape(cells))
+            # labels, predicted: (R, C) 0/1
+            class_weights = ops.broadcast_to(row_weights, ops.shape(labels))
+            confusion = classes * 4 + labels * 2 + predicted
+            confusion_weights = class_weights
+            stat_cells = ops.stack(
+                [
+                    classes + 0 * labels,
+                    num_classes + classes + 0 * labels,
+                    2 * num_classes + classes + 0 * labels,
+                ]
+            )
+            stat_weights = ops.stack(
+                [
+                    class_weights * ops.cast(labels * predicted, "float32"),
+                    class_weights * ops.cast(predicted, "float32"),
+                    class_weights * ops.cast(labels, "float32"),
+                ]
+            )
+            positive = labels
         else:
-            cells = labels * num_classes + predicted
-            cell_weights = weights
-        confusion = ops.segment_sum(
-            ops.reshape(cell_weights, (-1,)),
-            ops.reshape(cells, (-1,)),
-            num_segments=int(np.prod(self.confusion_matrix.shape)),
-        )
-        self.confusion_matrix.assign_add(ops.reshape(confusion, self.confusion_matrix.shape))
-        self.rejected_counts.assign_add(rejected)
-        if self.score_histogram is not None:
-            self.score_histogram.assign_add(self._histogram(labels, scores, weights, classes))
+            # labels, predicted: (R,) class indices
+            confusion = labels * num_classes + predicted
+            confusion_weights = weights
+            stat_cells = ops.stack([labels, num_classes + predicted, 2 * num_classes + labels])
+            stat_weights = ops.stack(
+                [weights * ops.cast(labels == predicted, "float32"), weights, weights]
+            )
+            positive = ops.cast(ops.expand_dims(labels, -1) == classes, "int32")
+        cells = {
+            "confusion_matrix": confusion,
+            "stat_scores": stat_cells,
+            "rejected": ops.arange(2, dtype="int32"),
+        }
+        cell_weights = {
+            "confusion_matrix": confusion_weights,
+            "stat_scores": stat_weights,
+            "rejected": rejected,
+        }
+        if self.pr_thresholds:
+            num_bins = self.pr_thresholds
+            bins = ops.clip(ops.cast(ops.floor(scores * num_bins), "int32"), 0, num_bins - 1)
+            cells["score_histogram"] = (positive * num_bins + bins) * num_classes + classes
+            cell_weights["score_histogram"] = ops.broadcast_to(row_weights, ops.shape(bins))
+        self._counts.scatter_add(cells, cell_weights)
 
-    def _histogram(self, labels, scores, weights, classes):
-        """This batch's ``(2, C, T)`` score histogram: every score of every class in one
-        segment sum; positives in a second one, which for multiclass/binary is over the N
-        true-class scores only (not N * C); negatives = all - positives."""
-        num_classes, num_bins = self.num_classes, self.pr_thresholds
-        bins = ops.clip(ops.cast(ops.floor(scores * num_bins), "int32"), 0, num_bins - 1)
-        row_weights = ops.broadcast_to(ops.expand_dims(weights, -1), ops.shape(bins))
-        every = ops.segment_sum(
-            ops.reshape(row_weights, (-1,)),
-            ops.reshape(classes * num_bins + bins, (-1,)),
-            num_segments=num_classes * num_bins,
-        )
-        if self.task == "multilabel":
-            positive_weights = ops.reshape(row_weights * ops.cast(labels, "float32"), (-1,))
-            positive_cells = ops.reshape(classes * num_bins + bins, (-1,))
-        else:
-            true_bins = ops.squeeze(ops.take_along_axis(bins, ops.expand_dims(labels, -1), axis=-1), axis=-1)
-            positive_weights, positive_cells = weights, labels * num_bins + true_bins
-        positives = ops.segment_sum(positive_weights, positive_cells, num_segments=num_classes * num_bins)
-        return ops.reshape(ops.stack([every - positives, positives]), (2, num_classes, num_bins))
-
-    # -- compute ---------------------------------------------------------------------------------
     @property
     def scored_labels(self) -> list[int]:
         """The class indices that are scored and averaged (all but ``ignore_class``)."""
@@ -250,49 +397,29 @@ class ClassificationMetrics(keras.metrics.Metric):
 
     def result(self):
         """Macro F1 over :attr:`scored_labels`, as scikit-learn's ``f1_score(average="macro")``."""
-        confusion = ops.convert_to_tensor(self.confusion_matrix)
-        if self.task == "multilabel":
-            true_positives = confusion[:, 1, 1]
-            predicted = true_positives + confusion[:, 0, 1]
-            support = true_positives + confusion[:, 1, 0]
-        else:
-            true_positives = ops.diagonal(confusion)
-            predicted = ops.sum(confusion, axis=0)
-            support = ops.sum(confusion, axis=1)
-        denominator = support + predicted
-        undefined = denominator == 0
-        f1 = ops.where(
-            undefined,
-            self.zero_division,
-            2.0 * true_positives / ops.where(undefined, 1.0, denominator),
+        scored = ops.convert_to_tensor(self.scored_labels, dtype="int32")
+        stat_scores = ops.take(self._counts.read("stat_scores"), scored, axis=1)
+        true_positives, predicted, support = stat_scores[0], stat_scores[1], stat_scores[2]
+        return functional.f1_macro_from_stat_scores(
+            true_positives, predicted, support, self.zero_division, xp=ops
         )
-        f1 = ops.take(f1, ops.convert_to_tensor(self.scored_labels, dtype="int32"))
-        defined = ops.logical_not(ops.isnan(f1))
-        count = ops.sum(ops.cast(defined, "float32"))
-        total = ops.sum(ops.where(defined, f1, 0.0))
-        return ops.where(count > 0, total / ops.maximum(count, 1.0), float("nan"))
 
     def reset_state(self):
-        for variable in self.variables:
-            variable.assign(ops.zeros(variable.shape, dtype=variable.dtype))
+        self._counts.reset()
 
     def state(self) -> tuple[ClassificationState, np.ndarray]:
         """Copy the state to the host in one transfer.
 
         Returns:
-            ``(state, rejected)``: the :class:`~.functional.ClassificationState` and the
-            weighted counts of rows left out for ``[invalid labels, non-finite predictions]``.
+            ``(state, rejected)``: the :class:`~.functional.ClassificationState` (float64
+            counts) and the weighted counts of rows left out for ``[invalid labels,
+            non-finite predictions]``.
         """
-        flat = ops.convert_to_numpy(
-            ops.concatenate([ops.reshape(ops.convert_to_tensor(v), (-1,)) for v in self.variables])
-        ).astype(np.float64)
-        parts, offset = [], 0
-        for variable in self.variables:
-            size = int(np.prod(variable.shape))
-            parts.append(flat[offset : offset + size].reshape(variable.shape))
-            offset += size
-        histogram = parts[1] if self.score_histogram is not None else None
-        return ClassificationState(parts[0], histogram), parts[-1]
+        segments = self._counts.to_numpy()
+        histogram = segments.get("score_histogram")
+        if histogram is not None:
+            histogram = np.ascontiguousarray(histogram.transpose(0, 2, 1))
+        return ClassificationState(segments["confusion_matrix"], histogram), segments["rejected"]
 
     def get_config(self):
         return {

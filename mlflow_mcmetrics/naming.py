@@ -30,6 +30,9 @@ def class_key_components(class_names: Sequence[str]) -> list[str]:
     ``val_precision/{component}`` fits in 250 characters, and a component that collides with an
     earlier one gets ``_{index}`` appended (``index`` = the class index; ``_{index}_{k}`` if
     that is taken too).
+
+    >>> class_key_components(["cat", "dog/wolf", "cat", ".."])
+    ['cat', 'dog_wolf', 'cat_2', '_..']
     """
     budget = MAX_KEY_LENGTH - len(LONGEST_KEY_PREFIX)
     components: list[str] = []
@@ -47,5 +50,9 @@ def class_key_components(class_names: Sequence[str]) -> list[str]:
 
 
 def metric_key(prefix: str, metric: str, component: str | None = None) -> str:
-    """``{prefix}{metric}`` or ``{prefix}{metric}/{component}``, e.g. ``val_f1/cat``."""
+    """``{prefix}{metric}`` or ``{prefix}{metric}/{component}``.
+
+    >>> metric_key("val_", "f1", "cat"), metric_key("", "f1_macro")
+    ('val_f1/cat', 'f1_macro')
+    """
     return f"{prefix}{metric}" if component is None else f"{prefix}{metric}/{component}"

@@ -87,7 +87,10 @@ def _deliver(client: MlflowClient, run_id: str, record: dict) -> str:
     if kind == "create_run":
         tags = record.get("tags") or {}
         run = client.create_run(
-            record["experiment_id"], start_time=record["start_time"], tags=tags, run_name=record.get("run_name")
+            record["experiment_id"],
+            start_time=record["start_time"],
+            tags=tags,
+            run_name=record.get("run_name"),
         )
         return run.info.run_id
     if kind == "metrics":
@@ -95,9 +98,13 @@ def _deliver(client: MlflowClient, run_id: str, record: dict) -> str:
         metrics = [Metric(k, v, t, s, model_id=model_id) for k, v, t, s in record["metrics"]]
         client.log_batch(run_id, metrics=metrics, synchronous=True)
     elif kind == "params":
-        client.log_batch(run_id, params=[Param(k, v) for k, v in record["params"].items()], synchronous=True)
+        client.log_batch(
+            run_id, params=[Param(k, v) for k, v in record["params"].items()], synchronous=True
+        )
     elif kind == "tags":
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record["tags"].items()], synchronous=True)
+        client.log_batch(
+            run_id, tags=[RunTag(k, v) for k, v in record["tags"].items()], synchronous=True
+        )
     elif kind == "text":
         client.log_text(run_id, record["text"], record["artifact_file"])
     elif kind == "png":
@@ -185,11 +192,15 @@ class Outbox:
         self._closed_at: float | None = None  # time.monotonic() of close()
         self._stopped = False  # close() gave up on the sender: it must exit
         self._release_held = False  # send held records without waiting for their model
-        self._sender = threading.Thread(target=self._send_forever, name=f"mcmetrics-outbox-{run_id}", daemon=True)
+        self._sender = threading.Thread(
+            target=self._send_forever, name=f"mcmetrics-outbox-{run_id}", daemon=True
+        )
         self._sender.start()
 
     @classmethod
-    def offline(cls, create_run: dict, client: MlflowClient | None = None, *, silent: bool = False) -> "Outbox":
+    def offline(
+        cls, create_run: dict, client: MlflowClient | None = None, *, silent: bool = False
+    ) -> Outbox:
         """An outbox for a run that does not exist yet: ``create_run`` (``experiment_id``,
         ``start_time``, ``tags``, ``run_name``) is its first record."""
         outbox = cls(f"{OFFLINE_PREFIX}{uuid.uuid4().hex}", client, silent=silent)
@@ -213,7 +224,9 @@ class Outbox:
         """Block until everything sendable is delivered (True) or an attempt failed (False)."""
         with self._changed:
             self._changed.wait_for(
-                lambda: not self._sending and (self._only_held() or self._failing and not self._retry)
+                lambda: (
+                    not self._sending and (self._only_held() or self._failing and not self._retry)
+                )
             )
             return self._only_held()
 
@@ -230,7 +243,12 @@ class Outbox:
             self._changed.notify_all()
             # Wait for the last attempt: everything sent, only held records left, or a failure.
             self._changed.wait_for(
-                lambda: self._only_held() and not self._sending or self._attempts > attempts and self._failing,
+                lambda: (
+                    self._only_held()
+                    and not self._sending
+                    or self._attempts > attempts
+                    and self._failing
+                ),
                 timeout,
             )
             if self._only_held() and not self._failing:
@@ -252,13 +270,15 @@ class Outbox:
         if path is None:
             warn(
                 f"mlflow_mcmetrics lost {len(built)} record(s) of run {self.run_id}: the tracking "
-                f"server is unreachable and no spool folder is writable ({', '.join(map(str, spool_dirs()))}); "
+                "server is unreachable and no spool folder is writable "
+                f"({', '.join(map(str, spool_dirs()))}); "
                 "set MCMETRICS_SPOOL_DIR to a writable folder.",
                 silent=self.silent,
             )
         else:
             warn(
-                f"mlflow_mcmetrics could not send {len(built)} record(s) of run {self.run_id}; they are "
+                f"mlflow_mcmetrics could not send {len(built)} record(s) of run {self.run_id}; "
+                "they are "
                 f"in {path}. Replay them with: mcmetrics sync --tracking-uri {self._tracking_uri}",
                 silent=self.silent,
             )
@@ -292,12 +312,16 @@ class Outbox:
                 self._sending = False
                 self._attempts += 1
                 if self._failing and delivered:
-                    warn("mlflow_mcmetrics reached the tracking server again; the queue is sent.", silent=self.silent)
+                    warn(
+                        "mlflow_mcmetrics reached the tracking server again; the queue is sent.",
+                        silent=self.silent,
+                    )
                 if not delivered and not self._failing:
                     warn(
-                        f"mlflow_mcmetrics could not reach the tracking server at {self._tracking_uri}; "
-                        f"training goes on, {len(self._queue)} record(s) are queued and retried at the "
-                        "next epoch end.",
+                        "mlflow_mcmetrics could not reach the tracking server at "
+                        f"{self._tracking_uri}; "
+                        f"training goes on, {len(self._queue)} record(s) are queued and "
+                        "retried at the next epoch end.",
                         silent=self.silent,
                     )
                 self._failing = not delivered
@@ -314,7 +338,9 @@ class Outbox:
             if not self._queue or self._closed_at is None:
                 return None
             model_id = self._queue[0]["after_model"]
-            wait = not self._release_held and time.monotonic() - self._closed_at < MODEL_WAIT_SECONDS
+            wait = (
+                not self._release_held and time.monotonic() - self._closed_at < MODEL_WAIT_SECONDS
+            )
         if wait and self.client.get_logged_model(model_id).status == "PENDING":
             return None
         return 0, self._queue[0]
@@ -358,8 +384,11 @@ class Outbox:
                 if not 400 <= error.get_http_status_code() < 500:
                     logger.debug("delivery failed", exc_info=True)
                     return False
-                warn(f"mlflow_mcmetrics dropped a rejected {record['kind']} record: {error.message[:300]}",
-                     silent=self.silent)
+                warn(
+                    f"mlflow_mcmetrics dropped a rejected {record['kind']} record: "
+                    f"{error.message[:300]}",
+                    silent=self.silent,
+                )
             except Exception:  # noqa: BLE001 - any other failure: keep it, retry later
                 logger.debug("delivery failed", exc_info=True)
                 return False
@@ -398,7 +427,9 @@ def finish_pending(timeout: float = 30.0) -> None:
         _PENDING.discard(outbox)
 
 
-def sync(tracking_uri: str | None = None, spool_dir: str | os.PathLike | None = None) -> dict[str, int]:
+def sync(
+    tracking_uri: str | None = None, spool_dir: str | os.PathLike | None = None
+) -> dict[str, int]:
     """Replay every spool file (in ``spool_dir``, default every folder of :func:`spool_dirs`).
 
     Delivered records are removed and a fully delivered file is deleted. An offline run is
@@ -416,7 +447,10 @@ def sync(tracking_uri: str | None = None, spool_dir: str | os.PathLike | None = 
             try:
                 run_id = _deliver(client, run_id, record)
             except Exception as error:  # noqa: BLE001
-                warn(f"mcmetrics sync: run {run_id} stopped at record {sent + 1}/{len(records)}: {error}")
+                warn(
+                    f"mcmetrics sync: run {run_id} stopped at record {sent + 1}/{len(records)}: "
+                    f"{error}"
+                )
                 break
             sent += 1
         remaining = records[sent:]

@@ -44,7 +44,13 @@ def _set_class_ticks(axis, names: Sequence[str], which: str) -> None:
     positions = np.arange(0, len(names), step)
     labels = [str(names[i])[:20] for i in positions]
     if which == "x":
-        axis.set_xticks(positions, labels, rotation=90 if len(names) > 10 else 45, ha="center" if len(names) > 10 else "right", fontsize=7 if len(names) > 20 else 9)
+        axis.set_xticks(
+            positions,
+            labels,
+            rotation=90 if len(names) > 10 else 45,
+            ha="center" if len(names) > 10 else "right",
+            fontsize=7 if len(names) > 20 else 9,
+        )
     else:
         axis.set_yticks(positions, labels, fontsize=7 if len(names) > 20 else 9)
 
@@ -60,8 +66,15 @@ def _heatmap(axis, values, names, title, fmt, colorbar_label, figure, vmax=None)
     if len(names) <= ANNOTATE_MAX_CLASSES:
         threshold = (np.nanmax(values) if vmax is None else vmax) / 2
         for (row, column), value in np.ndenumerate(values):
-            axis.text(column, row, format(value, fmt), ha="center", va="center", fontsize=7 if len(names) > 12 else 9,
-                      color="white" if value > threshold else "black")
+            axis.text(
+                column,
+                row,
+                format(value, fmt),
+                ha="center",
+                va="center",
+                fontsize=7 if len(names) > 12 else 9,
+                color="white" if value > threshold else "black",
+            )
 
 
 def plot_confusion_matrix(
@@ -81,11 +94,29 @@ def plot_confusion_matrix(
     figure = Figure(figsize=(2 * side + 1.5, side), layout="constrained")
     counts_axis, rates_axis = figure.subplots(1, 2)
     totals = confusion_matrix.sum(axis=1, keepdims=True)
-    rates = np.divide(confusion_matrix, totals, out=np.zeros_like(confusion_matrix), where=totals > 0)
+    rates = np.divide(
+        confusion_matrix, totals, out=np.zeros_like(confusion_matrix), where=totals > 0
+    )
     integral = np.all(confusion_matrix == np.round(confusion_matrix))
-    _heatmap(counts_axis, confusion_matrix, class_names, "Counts", ".0f" if integral else ".1f", "samples", figure)
-    _heatmap(rates_axis, rates, class_names, "Normalised by true class (recall on the diagonal)", ".2f",
-             "fraction of the true class", figure, vmax=1.0)
+    _heatmap(
+        counts_axis,
+        confusion_matrix,
+        class_names,
+        "Counts",
+        ".0f" if integral else ".1f",
+        "samples",
+        figure,
+    )
+    _heatmap(
+        rates_axis,
+        rates,
+        class_names,
+        "Normalised by true class (recall on the diagonal)",
+        ".2f",
+        "fraction of the true class",
+        figure,
+        vmax=1.0,
+    )
     figure.suptitle(title)
     return figure
 
@@ -97,18 +128,27 @@ def _plot_multilabel_confusion(matrices, names, title):
     rows = int(np.ceil(len(shown) / columns))
     figure = Figure(figsize=(2.2 * columns, 2.2 * rows + 0.6), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    for axis, label in zip(axes, shown):
+    for axis, label in zip(axes[: len(shown)], shown, strict=True):
         matrix = matrices[label]
         axis.imshow(matrix, cmap="Blues", vmin=0)
         for (row, column), value in np.ndenumerate(matrix):
-            axis.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=8,
-                      color="white" if value > matrix.max() / 2 else "black")
+            axis.text(
+                column,
+                row,
+                f"{value:.0f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if value > matrix.max() / 2 else "black",
+            )
         axis.set_title(str(names[label])[:24], fontsize=9)
         axis.set_xticks([0, 1], ["pred 0", "pred 1"], fontsize=7)
         axis.set_yticks([0, 1], ["true 0", "true 1"], fontsize=7)
-    for axis in axes[len(shown):]:
+    for axis in axes[len(shown) :]:
         axis.set_visible(False)
-    suffix = "" if len(shown) == len(names) else f" ({len(shown)} of {len(names)} labels, most errors)"
+    suffix = (
+        "" if len(shown) == len(names) else f" ({len(shown)} of {len(names)} labels, most errors)"
+    )
     figure.suptitle(title + suffix)
     return figure
 
@@ -151,10 +191,22 @@ def plot_pr_curves(
     rows = int(np.ceil(len(shown) / columns))
     figure = Figure(figsize=(3.0 * columns, 2.8 * rows + 0.8), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    for axis, label in zip(axes, shown):
-        axis.step(recall[label], precision[label], where="post", color="tab:blue", lw=1.5,
-                  label=f"AP {average_precision[label]:.3f}")
-        axis.axhline(prevalence[label], color="grey", ls="--", lw=1, label=f"no skill {prevalence[label]:.2f}")
+    for axis, label in zip(axes[: len(shown)], shown, strict=True):
+        axis.step(
+            recall[label],
+            precision[label],
+            where="post",
+            color="tab:blue",
+            lw=1.5,
+            label=f"AP {average_precision[label]:.3f}",
+        )
+        axis.axhline(
+            prevalence[label],
+            color="grey",
+            ls="--",
+            lw=1,
+            label=f"no skill {prevalence[label]:.2f}",
+        )
         if operating_points is not None:
             axis.plot(*operating_points[label], "o", color="tab:red", ms=5, label="operating point")
         axis.set_title(str(class_names[label])[:28], fontsize=9)
@@ -162,7 +214,7 @@ def plot_pr_curves(
         axis.set_ylim(-0.02, 1.05)
         axis.tick_params(labelsize=7)
         axis.legend(fontsize=6, loc="lower left")
-    for axis in axes[len(shown):]:
+    for axis in axes[len(shown) :]:
         axis.set_visible(False)
     figure.supxlabel("Recall")
     figure.supylabel("Precision")
@@ -170,14 +222,20 @@ def plot_pr_curves(
     return figure
 
 
-def plot_f1_by_epoch(f1: np.ndarray, class_names: Sequence[str], *, title: str = "F1 by class and epoch") -> Figure:
+def plot_f1_by_epoch(
+    f1: np.ndarray, class_names: Sequence[str], *, title: str = "F1 by class and epoch"
+) -> Figure:
     """A class × epoch heatmap of F1 (``f1`` is ``(epochs, C)``)."""
     f1 = np.asarray(f1, dtype=float)
     num_epochs, num_classes = f1.shape
     height = min(24.0, max(3.0, 0.3 * num_classes + 1.5))
-    figure = Figure(figsize=(min(16.0, max(5.0, 0.25 * num_epochs + 3)), height), layout="constrained")
+    figure = Figure(
+        figsize=(min(16.0, max(5.0, 0.25 * num_epochs + 3)), height), layout="constrained"
+    )
     axis = figure.subplots()
-    image = axis.imshow(f1.T, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    image = axis.imshow(
+        f1.T, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest"
+    )
     figure.colorbar(image, ax=axis, label="F1")
     axis.set_xlabel("Epoch")
     axis.set_ylabel("Class")
@@ -199,10 +257,20 @@ def plot_comparison(table: dict, *, title: str = "F1 per class by loss") -> Figu
     for index, row in enumerate(rows):
         means = [row["f1"][c][0] for c in classes]
         stds = [row["f1"][c][1] for c in classes]
-        per_class_axis.bar(positions + (index - (len(rows) - 1) / 2) * width, means, width, yerr=stds,
-                           label=row["group"], capsize=2)
-        macro_axis.bar(index, row["f1_macro"][0], yerr=row["f1_macro"][1], capsize=3, color=f"C{index}")
-    per_class_axis.set_xticks(positions, [str(c)[:12] for c in classes], rotation=45 if len(classes) > 10 else 0)
+        per_class_axis.bar(
+            positions + (index - (len(rows) - 1) / 2) * width,
+            means,
+            width,
+            yerr=stds,
+            label=row["group"],
+            capsize=2,
+        )
+        macro_axis.bar(
+            index, row["f1_macro"][0], yerr=row["f1_macro"][1], capsize=3, color=f"C{index}"
+        )
+    per_class_axis.set_xticks(
+        positions, [str(c)[:12] for c in classes], rotation=45 if len(classes) > 10 else 0
+    )
     per_class_axis.set_ylim(0, 1.05)
     per_class_axis.set_ylabel(f"{table['prefix']}F1")
     per_class_axis.set_xlabel("class (head → tail)")
@@ -240,11 +308,18 @@ def plot_state(
         matrix = state.confusion_matrix
         # A multilabel state holds one 2x2 per label; a multiclass one is C x C.
         matrix = matrix[labels] if matrix.ndim == 3 else matrix[np.ix_(labels, labels)]
-        figures["confusion_matrix"] = plot_confusion_matrix(matrix, names, title=f"Confusion matrix — {title}")
+        figures["confusion_matrix"] = plot_confusion_matrix(
+            matrix, names, title=f"Confusion matrix — {title}"
+        )
     if state.score_histogram is not None:
-        precision, recall, _ = functional.precision_recall_curve(state.score_histogram)
+        precision, recall, _ = functional.precision_recall_curve_from_histogram(
+            state.score_histogram
+        )
         figures["pr_curves"] = plot_pr_curves(
-            precision[labels], recall[labels], scores["ap"], names,
+            precision[labels],
+            recall[labels],
+            scores["ap"],
+            names,
             prevalence=scores["support"] / max(state.num_samples, 1.0),
             operating_points=report.operating_points(state, labels, zero_division),
             title=f"Precision-recall — {title}",

@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import mlflow
@@ -35,7 +36,7 @@ FINISH_TIMEOUT = 30.0
 #: The same when SIGTERM asked the process to stop: it must go within seconds.
 SIGTERM_TIMEOUT = 5.0
 
-_UNFINISHED: list["FitRun"] = []
+_UNFINISHED: list[FitRun] = []
 _previous_sigterm: Callable | int | None = None
 
 
@@ -74,12 +75,16 @@ class FitRun:
                 self.on_finish()
         finally:
             if self.owned:
-                self.outbox.put({"kind": "end_run", "status": status, "end_time": int(time.time() * 1000)})
+                self.outbox.put(
+                    {"kind": "end_run", "status": status, "end_time": int(time.time() * 1000)}
+                )
                 _forget_active_run(self.run_id, status)
             self.outbox.close(timeout)
 
 
-def start_fit_run(run_id: str | None = None, *, silent: bool = False, tags: dict | None = None) -> FitRun:
+def start_fit_run(
+    run_id: str | None = None, *, silent: bool = False, tags: dict | None = None
+) -> FitRun:
     """The run for a fit that starts now: ``run_id``, else the active run, else a new run.
 
     A run left active by a fit of ours that raised is finished as ``KILLED`` first (MLflow's
@@ -88,7 +93,14 @@ def start_fit_run(run_id: str | None = None, *, silent: bool = False, tags: dict
     client = MlflowClient()
     if run_id is None:
         active = mlflow.active_run()
-        raised = next((fit for fit in _UNFINISHED if active is not None and fit.owned and fit.run_id == active.info.run_id), None)
+        raised = next(
+            (
+                fit
+                for fit in _UNFINISHED
+                if active is not None and fit.owned and fit.run_id == active.info.run_id
+            ),
+            None,
+        )
         if raised is not None:
             raised.finish("KILLED")
             active = None
@@ -100,7 +112,9 @@ def start_fit_run(run_id: str | None = None, *, silent: bool = False, tags: dict
         run = mlflow.start_run(tags=tags)
         fit_run = FitRun(Outbox(run.info.run_id, client, silent=silent), owned=True)
     else:
-        fit_run = FitRun(Outbox.offline(_offline_run_request(tags), client, silent=silent), owned=True)
+        fit_run = FitRun(
+            Outbox.offline(_offline_run_request(tags), client, silent=silent), owned=True
+        )
         logger.warning(
             "mlflow_mcmetrics: the tracking server at %s does not answer; training starts and its "
             "run is created when the server is back (or by `mcmetrics sync`).",
@@ -181,6 +195,13 @@ def _restore_sigterm() -> None:
     if signal.getsignal(signal.SIGTERM) is _on_sigterm:
         signal.signal(signal.SIGTERM, _previous_sigterm)
     _previous_sigterm = None
+
+
+# Delivering at exit writes MLflow's temporary files, so _finish_at_exit must run before the
+# exit hook of weakref.finalize, which deletes every tempfile.TemporaryDirectory, even one a
+# delivery thread is writing. atexit runs hooks in reverse order of registration and that hook
+# registers itself with the first finalizer made: make one now, before ours.
+weakref.finalize(FitRun, lambda: None)
 
 
 @atexit.register

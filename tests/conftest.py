@@ -55,10 +55,20 @@ class MlflowServer:
         log = open(self.root / "server.log", "a")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination", str(self.root / "artifacts"),
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -73,7 +83,9 @@ class MlflowServer:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.process.kill()
-                raise RuntimeError(f"mlflow server did not start:\n{(self.root / 'server.log').read_text()}")
+                raise RuntimeError(
+                    f"mlflow server did not start:\n{(self.root / 'server.log').read_text()}"
+                )
             time.sleep(0.3)
 
     def kill(self) -> None:

@@ -39,7 +39,9 @@ def data():
 
 def build_model():
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+    return keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)]
+    )
 
 
 def custom_loop(strategy):
@@ -61,7 +63,9 @@ def custom_loop(strategy):
         def step(features, labels):
             with tf.GradientTape() as tape:
                 logits = model(features, training=True)
-                loss = tf.nn.compute_average_loss(loss_object(labels, logits), global_batch_size=GLOBAL_BATCH)
+                loss = tf.nn.compute_average_loss(
+                    loss_object(labels, logits), global_batch_size=GLOBAL_BATCH
+                )
             gradients = tape.gradient(loss, model.trainable_variables)
             optimizer.apply(gradients, model.trainable_variables)
             metric.update_state(labels, logits)
@@ -70,7 +74,9 @@ def custom_loop(strategy):
 
     @tf.function
     def test_step(features, labels):
-        strategy.run(lambda x, y: metric.update_state(y, model(x, training=False)), args=(features, labels))
+        strategy.run(
+            lambda x, y: metric.update_state(y, model(x, training=False)), args=(features, labels)
+        )
 
     callback.on_train_begin()
     for epoch in range(EPOCHS):
@@ -92,8 +98,12 @@ def autolog_fit(strategy):
     mlflow_mcmetrics.autolog(class_names=CLASS_NAMES)
     with strategy.scope():
         model = build_model()
-        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, validation_data=(x_val, y_val), epochs=EPOCHS, batch_size=GLOBAL_BATCH, verbose=0)
+        model.compile(
+            optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+    model.fit(
+        x, y, validation_data=(x_val, y_val), epochs=EPOCHS, batch_size=GLOBAL_BATCH, verbose=0
+    )
     return model
 
 
@@ -122,7 +132,9 @@ def work_around_keras_multi_worker_fit():
 
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-            return tree.map_structure(lambda value: strategy.reduce("MEAN", value, axis=None), values)
+            return tree.map_structure(
+                lambda value: strategy.reduce("MEAN", value, axis=None), values
+            )
         return keras_reduce_per_replica(values, strategy, reduction)
 
     trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
@@ -141,4 +153,7 @@ if __name__ == "__main__":
         model = autolog_fit(strategy)
     if is_chief():
         _, _, x_val, _ = data()
-        np.save(os.path.join(output_dir, "val_logits.npy"), keras.ops.convert_to_numpy(model(x_val, training=False)))
+        np.save(
+            os.path.join(output_dir, "val_logits.npy"),
+            keras.ops.convert_to_numpy(model(x_val, training=False)),
+        )

@@ -24,9 +24,15 @@ def train_digits(digits, epochs, learning_rate=0.01, **autolog_kwargs):
     mlflow_mcmetrics.autolog(**autolog_kwargs)
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10, activation="softmax")]
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
     )
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy"
+    )
     model.fit(x, y, validation_data=(xv, yv), epochs=epochs, batch_size=64, verbose=0)
     return model, mlflow.last_active_run().info.run_id
 
@@ -35,7 +41,9 @@ def load(run_id, path):
     return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
 
 
-@pytest.mark.parametrize("epochs, learning_rate", [(40, 0.01), (1, 0.001)], ids=["trained", "untrained"])
+@pytest.mark.parametrize(
+    "epochs, learning_rate", [(40, 0.01), (1, 0.001)], ids=["trained", "untrained"]
+)
 def test_last_epoch_json_matches_sklearn(tracking, digits, epochs, learning_rate):
     client, _ = tracking
     _, _, xv, yv = digits
@@ -62,7 +70,9 @@ def test_last_epoch_json_matches_sklearn(tracking, digits, epochs, learning_rate
         assert set(curve["thresholds"]) <= set(curves["thresholds"])
 
     # Artifacts every 7 epochs, and always for the last epoch.
-    logged_epochs = sorted(f.path.rsplit("/", 1)[-1] for f in client.list_artifacts(run_id, "mcmetrics/epochs"))
+    logged_epochs = sorted(
+        f.path.rsplit("/", 1)[-1] for f in client.list_artifacts(run_id, "mcmetrics/epochs")
+    )
     expected = sorted({f"{e:04d}" for e in range(0, epochs, 7)} | {f"{epochs - 1:04d}"})
     assert logged_epochs == expected
 
@@ -95,11 +105,19 @@ def test_multilabel_writes_one_two_by_two_per_label(tracking):
     mlflow_mcmetrics.autolog(class_names=list("abcdef"))
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(6, activation="sigmoid")])
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="binary_crossentropy")
-    model.fit(features[:400], labels[:400], validation_data=(features[400:], labels[400:]), epochs=2, verbose=0)
+    model.fit(
+        features[:400],
+        labels[:400],
+        validation_data=(features[400:], labels[400:]),
+        epochs=2,
+        verbose=0,
+    )
     run_id = mlflow.last_active_run().info.run_id
     matrix = load(run_id, "mcmetrics/epochs/0001/val_confusion_matrix.json")
     predicted = (model.predict(features[400:], verbose=0) > 0.5).astype(int)
-    np.testing.assert_array_equal(matrix["matrix"], skm.multilabel_confusion_matrix(labels[400:], predicted))
+    np.testing.assert_array_equal(
+        matrix["matrix"], skm.multilabel_confusion_matrix(labels[400:], predicted)
+    )
     assert np.asarray(matrix["matrix"]).shape == (6, 2, 2)
 
 
@@ -107,13 +125,17 @@ def test_report_json_is_what_was_logged():
     rng = np.random.default_rng(3)
     y_true = rng.integers(0, 4, 200)
     scores = rng.dirichlet(np.ones(4), 200)
-    state = functional.update_state(y_true, scores, num_bins=50)
+    state = functional.state_from_predictions(y_true, scores, num_bins=50)
     names = ["cat", "dog", "bird", "fish"]
     document = report.classification_report(state, names)
-    reference = skm.classification_report(y_true, scores.argmax(1), output_dict=True, zero_division=0)
+    reference = skm.classification_report(
+        y_true, scores.argmax(1), output_dict=True, zero_division=0
+    )
     for row in document["classes"]:
         assert row["f1"] == pytest.approx(reference[str(row["index"])]["f1-score"], abs=1e-12)
-    assert document["averages"]["weighted"]["f1"] == pytest.approx(reference["weighted avg"]["f1-score"], abs=1e-12)
+    assert document["averages"]["weighted"]["f1"] == pytest.approx(
+        reference["weighted avg"]["f1-score"], abs=1e-12
+    )
     pairs = document["most_confused"]
     matrix = state.confusion_matrix.copy()
     np.fill_diagonal(matrix, 0)
@@ -125,14 +147,20 @@ def test_plots_scale_from_2_to_1000_classes(num_classes):
     rng = np.random.default_rng(num_classes)
     y_true = rng.integers(0, num_classes, 5 * num_classes)
     scores = rng.dirichlet(np.ones(num_classes), len(y_true))
-    state = functional.update_state(y_true, scores, num_bins=64)
+    state = functional.state_from_predictions(y_true, scores, num_bins=64)
     names = [f"class {i}" for i in range(num_classes)]
-    precision, recall, _ = functional.precision_recall_curve(state.score_histogram)
-    ap, _, _ = functional.average_precision(state.score_histogram)
+    precision, recall, _ = functional.precision_recall_curve_from_histogram(state.score_histogram)
+    ap, _, _ = functional.average_precision_from_histogram(state.score_histogram)
     figures = [
         plots.plot_confusion_matrix(state.confusion_matrix, names),
-        plots.plot_pr_curves(precision, recall, ap, names, prevalence=np.full(num_classes, 1 / num_classes),
-                             operating_points=report.operating_points(state, range(num_classes))),
+        plots.plot_pr_curves(
+            precision,
+            recall,
+            ap,
+            names,
+            prevalence=np.full(num_classes, 1 / num_classes),
+            operating_points=report.operating_points(state, range(num_classes)),
+        ),
         plots.plot_f1_by_epoch(rng.random((5, num_classes)), names),
     ]
     for figure in figures:
@@ -148,9 +176,17 @@ def test_plots_scale_from_2_to_1000_classes(num_classes):
 def _render_request():
     rng = np.random.default_rng(0)
     y_true = rng.integers(0, 5, 200)
-    state = functional.update_state(y_true, rng.dirichlet(np.ones(5), 200), num_bins=64)
-    return dict(state=state, scores=functional.classification_scores(state), class_names=list("abcde"),
-                labels=list(range(5)), zero_division=0.0, title="epoch 0", confusion_matrix=True)
+    state = functional.state_from_predictions(y_true, rng.dirichlet(np.ones(5), 200), num_bins=64)
+    return dict(
+        figure="plot_state",
+        state=state,
+        scores=functional.classification_scores(state),
+        class_names=list("abcde"),
+        labels=list(range(5)),
+        zero_division=0.0,
+        title="epoch 0",
+        confusion_matrix=True,
+    )
 
 
 def test_the_render_process_draws_what_this_process_draws_and_survives_a_kill():

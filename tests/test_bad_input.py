@@ -28,31 +28,97 @@ def npz_without_validation(tmp_path):
 BAD_INPUTS = [
     (lambda _: ClassificationMetrics(3, task="multi"), ValueError, "Unknown task 'multi'"),
     (lambda _: ClassificationMetrics(1), ValueError, "a single sigmoid unit is task='binary'"),
-    (lambda _: ClassificationMetrics(3, task="binary"), ValueError, "task='binary' has num_classes=2"),
-    (lambda _: ClassificationMetrics(3, threshold=1.0), ValueError, r"threshold must be in \(0, 1\)"),
-    (lambda _: ClassificationMetrics(3, threshold=0.0), ValueError, r"threshold must be in \(0, 1\)"),
+    (
+        lambda _: ClassificationMetrics(3, task="binary"),
+        ValueError,
+        "task='binary' has num_classes=2",
+    ),
+    (
+        lambda _: ClassificationMetrics(3, threshold=1.0),
+        ValueError,
+        r"threshold must be in \(0, 1\)",
+    ),
+    (
+        lambda _: ClassificationMetrics(3, threshold=0.0),
+        ValueError,
+        r"threshold must be in \(0, 1\)",
+    ),
     (lambda _: ClassificationMetrics(3, pr_thresholds=-1), ValueError, "0 turns PR curves off"),
-    (lambda _: ClassificationMetrics(3, ignore_class=3), ValueError, r"ignore_class must be a class index in \[0, 3\)"),
-    (lambda _: ClassificationMetrics(3, task="multilabel", ignore_class=0), ValueError, "for a multiclass or binary task"),
-    (lambda _: ClassificationMetrics(3, zero_division="warn"), ValueError, "zero_division must be 0.0, 1.0 or numpy.nan"),
-    (lambda _: wrong_width(), ValueError, r"expects predictions whose last axis is 3, got shape \(4, 5\)"),
-    (lambda _: mlflow_mcmetrics.autolog(task="multi-label"), ValueError, "expected 'auto' or one of"),
-    (lambda _: mlflow_mcmetrics.autolog(threshold=2), ValueError, r"threshold must be in \(0, 1\), got 2"),
-    (lambda _: mlflow_mcmetrics.autolog(pr_thresholds=-5), ValueError, "pr_thresholds must be >= 0"),
-    (lambda _: mlflow_mcmetrics.autolog(log_every_n_epochs=0), ValueError, "log_every_n_epochs must be >= 1"),
-    (lambda _: functional.precision_recall_fscore_support(np.eye(2), average="binary"), ValueError, "average must be None"),
-    (lambda _: functional.precision_recall_fscore_support(np.eye(2), labels=[5]), ValueError, r"labels must be class indices in \[0, 2\)"),
-    (lambda _: functional.update_state([0, 3], np.eye(3)[:2]), ValueError, r"Labels must be in \[0, 3\)"),
+    (
+        lambda _: ClassificationMetrics(3, ignore_class=3),
+        ValueError,
+        r"ignore_class must be a class index in \[0, 3\)",
+    ),
+    (
+        lambda _: ClassificationMetrics(3, task="multilabel", ignore_class=0),
+        ValueError,
+        "for a multiclass or binary task",
+    ),
+    (
+        lambda _: ClassificationMetrics(3, zero_division="warn"),
+        ValueError,
+        "zero_division must be 0.0, 1.0 or numpy.nan",
+    ),
+    (
+        lambda _: wrong_width(),
+        ValueError,
+        r"expects predictions whose last axis is 3, got shape \(4, 5\)",
+    ),
+    (
+        lambda _: mlflow_mcmetrics.autolog(task="multi-label"),
+        ValueError,
+        "expected 'auto' or one of",
+    ),
+    (
+        lambda _: mlflow_mcmetrics.autolog(threshold=2),
+        ValueError,
+        r"threshold must be in \(0, 1\), got 2",
+    ),
+    (
+        lambda _: mlflow_mcmetrics.autolog(pr_thresholds=-5),
+        ValueError,
+        "pr_thresholds must be >= 0",
+    ),
+    (
+        lambda _: mlflow_mcmetrics.autolog(log_every_n_epochs=0),
+        ValueError,
+        "log_every_n_epochs must be >= 1",
+    ),
+    (
+        lambda _: functional.precision_recall_f1_from_confusion_matrix(np.eye(2), average="binary"),
+        ValueError,
+        "average must be None",
+    ),
+    (
+        lambda _: functional.precision_recall_f1_from_confusion_matrix(np.eye(2), labels=[5]),
+        ValueError,
+        r"labels must be class indices in \[0, 2\)",
+    ),
+    (
+        lambda _: functional.state_from_predictions([0, 3], np.eye(3)[:2]),
+        ValueError,
+        r"Labels must be in \[0, 3\)",
+    ),
     (lambda _: losses.get("dice", [3, 2]), ValueError, "choose one of cce, weighted_cce, focal"),
     (lambda _: losses.get("weighted_cce", [3, 0]), ValueError, "class_counts must be positive"),
-    (lambda _: losses.class_balanced_weights([3, 2], beta=1.0), ValueError, r"beta must be in \[0, 1\)"),
-    (lambda _: datasets.load("imagenet"), ValueError, "choose one of digits, fashion_mnist, cifar10, npz:PATH"),
+    (
+        lambda _: losses.class_balanced_weights([3, 2], beta=1.0),
+        ValueError,
+        r"beta must be in \[0, 1\)",
+    ),
+    (
+        lambda _: datasets.load("imagenet"),
+        ValueError,
+        "choose one of digits, fashion_mnist, cifar10, npz:PATH",
+    ),
     (lambda _: datasets.load("npz:/no/such/file.npz"), FileNotFoundError, "no such file"),
     (npz_without_validation, ValueError, "needs x_train, y_train, x_val, y_val"),
 ]
 
 
-@pytest.mark.parametrize("make_error, error_type, words", BAD_INPUTS, ids=[w[:40] for _, _, w in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "make_error, error_type, words", BAD_INPUTS, ids=[w[:40] for _, _, w in BAD_INPUTS]
+)
 def test_bad_input_is_named(make_error, error_type, words, tmp_path):
     assert len(BAD_INPUTS) >= 15
     with pytest.raises(error_type, match=words):
@@ -72,9 +138,11 @@ def test_class_name_count_is_checked_before_training(tracking, digits):
     mlflow_mcmetrics.autolog(class_names=["a", "b"])
     model = small_model()
     weights = [w.copy() for w in model.get_weights()]
-    with pytest.raises(ValueError, match="Got 2 class names for a model with 10 classes: pass one name per class"):
+    with pytest.raises(
+        ValueError, match="Got 2 class names for a model with 10 classes: pass one name per class"
+    ):
         model.fit(x, y, epochs=1, verbose=0)
-    for before, after in zip(weights, model.get_weights()):
+    for before, after in zip(weights, model.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)  # nothing was trained
 
 
@@ -102,7 +170,9 @@ def test_invalid_labels_and_nan_predictions_are_reported_and_left_out(tracking, 
     predictions[1] = np.nan
     metric.update_state(np.array([0, 1, 2, 0]), predictions)
     state, rejected = metric.state()
-    assert rejected.tolist() == [0.0, 1.0] and state.confusion_matrix.sum() == 3  # NaN never counts as class 0
+    assert (
+        rejected.tolist() == [0.0, 1.0] and state.confusion_matrix.sum() == 3
+    )  # NaN never counts as class 0
 
 
 @pytest.mark.slow
@@ -115,4 +185,6 @@ def test_an_empty_validation_split_is_reported_not_logged_as_scores(tracking, di
         model.fit(x, y, validation_data=(xv[:0], yv[:0]), epochs=2, batch_size=128, verbose=0)
     metrics = client.get_run(mlflow.last_active_run().info.run_id).data.metrics
     assert not [key for key in metrics if key.startswith("val_") and key != "val_loss"]
-    assert [m.step for m in client.get_metric_history(mlflow.last_active_run().info.run_id, "f1/3")] == [0, 1]
+    assert [
+        m.step for m in client.get_metric_history(mlflow.last_active_run().info.run_id, "f1/3")
+    ] == [0, 1]

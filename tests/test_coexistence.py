@@ -17,10 +17,10 @@ import mlflow
 import numpy as np
 import pytest
 from sklearn import metrics as skm
-
-import mlflow_mcmetrics
 from test_readme import subprocess_env
 from test_training import assert_logged, dense_model, expected_scores, run_id_of_last_fit
+
+import mlflow_mcmetrics
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +31,26 @@ WITHOUT_PACKAGE = "import sys; sys.modules['mlflow_mcmetrics'] = None\n"
 def run_without_package(code: str, tmp_path) -> str:
     script = tmp_path / "child.py"
     script.write_text(WITHOUT_PACKAGE + textwrap.dedent(code))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=subprocess_env(mlflow.get_tracking_uri()),
-                          cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(mlflow.get_tracking_uri()),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
 def compiled_model(hidden=16, **compile_arguments):
     model = dense_model(64, 10, "softmax", hidden=hidden)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"], **compile_arguments)
+    model.compile(
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        **compile_arguments,
+    )
     return model
 
 
@@ -55,8 +66,9 @@ def keras_registry_without_ours(monkeypatch):
 
 
 @pytest.mark.parametrize("order", ["keras-first", "mcmetrics-first", "mlflow.autolog"])
-def test_mlflow_logs_a_loadable_model_that_carries_our_metrics(tracking, digits, order, tmp_path,
-                                                               keras_registry_without_ours):
+def test_mlflow_logs_a_loadable_model_that_carries_our_metrics(
+    tracking, digits, order, tmp_path, keras_registry_without_ours
+):
     """Item 1 and 8: MLflow's default log_models=True, in either order; mlflow.tensorflow
     pickles Keras' registry into the model, so autolog() alone must register nothing."""
     client, _ = tracking
@@ -72,7 +84,9 @@ def test_mlflow_logs_a_loadable_model_that_carries_our_metrics(tracking, digits,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.fit(x, y, validation_data=(xv, yv), epochs=3, batch_size=128, verbose=0)
-    assert not [w for w in caught if "autologging" in str(w.message)], [str(w.message) for w in caught]
+    assert not [w for w in caught if "autologging" in str(w.message)], [
+        str(w.message) for w in caught
+    ]
     mlflow_mcmetrics.flush()  # epoch 0 is sent once MLflow has logged its model
     run_id = run_id_of_last_fit()
     # MLflow's integration still logs (its fit() params, loss), ours too, each key once per epoch.
@@ -82,7 +96,9 @@ def test_mlflow_logs_a_loadable_model_that_carries_our_metrics(tracking, digits,
     predicted = model.predict(xv, verbose=0).argmax(-1)
     assert_logged(client, run_id, expected_scores(yv, predicted, list(range(10)), "val_"), 3)
 
-    (logged,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    (logged,) = mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
     assert logged.status == "READY"
     linked = {(m.key, m.step): m.value for m in logged.metrics}
     run_metrics = client.get_run(run_id).data.metrics
@@ -113,7 +129,9 @@ def test_load_model_compiles_as_without_autolog(tracking, digits, tmp_path):
         loaded = keras.models.load_model(tmp_path / "before.keras")
     assert not [w for w in caught if "compile()" in str(w.message)]
     assert loaded.compiled and loaded.loss == "sparse_categorical_crossentropy"
-    assert loaded.evaluate(xv, yv, verbose=0)[1] == pytest.approx(model.evaluate(xv, yv, verbose=0)[1])
+    assert loaded.evaluate(xv, yv, verbose=0)[1] == pytest.approx(
+        model.evaluate(xv, yv, verbose=0)[1]
+    )
     # fit() on the loaded model gets the metric, and evaluate() afterwards is unchanged.
     history = loaded.fit(x, y, validation_data=(xv, yv), epochs=1, verbose=0)
     assert "val_f1_macro" in history.history
@@ -125,8 +143,12 @@ def test_a_model_trained_under_autolog_loads_where_the_package_is_not(tracking, 
     x, y, xv, yv = digits
     mlflow_mcmetrics.autolog()
     model = compiled_model()
-    checkpoint = keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_f1_macro", save_best_only=True)
-    model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0, callbacks=[checkpoint])
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        tmp_path / "best.keras", monitor="val_f1_macro", save_best_only=True
+    )
+    model.fit(
+        x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0, callbacks=[checkpoint]
+    )
     assert [m.name for m in model.metrics] == ["loss", "compile_metrics"]  # nothing of ours left
     assert model.get_compile_config()["metrics"] == ["accuracy"]
     model.save(tmp_path / "final.keras")
@@ -150,16 +172,27 @@ def test_an_explicit_metric_loads_after_importing_it_without_custom_objects(tmp_
     registers nothing (mlflow.tensorflow pickles Keras' registry into the models it logs)."""
     x, y, _, _ = digits
     model = dense_model(64, 10, "softmax")
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                  metrics=[mlflow_mcmetrics.ClassificationMetrics(10, pr_thresholds=0)])
+    model.compile(
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        metrics=[mlflow_mcmetrics.ClassificationMetrics(10, pr_thresholds=0)],
+    )
     model.fit(x, y, epochs=1, verbose=0)
     model.save(tmp_path / "explicit.keras")
     script = tmp_path / "load.py"
-    script.write_text("from mlflow_mcmetrics import ClassificationMetrics\nimport keras\n"
-                      "model = keras.models.load_model('explicit.keras')\n"
-                      "print(type(model.get_compile_config()['metrics'][0]))\n")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=subprocess_env(mlflow.get_tracking_uri()),
-                          cwd=tmp_path, timeout=300)
+    script.write_text(
+        "from mlflow_mcmetrics import ClassificationMetrics\nimport keras\n"
+        "model = keras.models.load_model('explicit.keras')\n"
+        "print(type(model.get_compile_config()['metrics'][0]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(mlflow.get_tracking_uri()),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -171,9 +204,14 @@ def test_a_regression_model_gets_nothing(tracking, digits, loss, caplog):
     mlflow_mcmetrics.autolog()
     model = dense_model(64, 1, None)
     model.compile(optimizer="adam", loss=loss)
-    with warnings.catch_warnings(record=True) as caught, caplog.at_level("INFO", logger="mlflow_mcmetrics"):
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        caplog.at_level("INFO", logger="mlflow_mcmetrics"),
+    ):
         warnings.simplefilter("always")
-        history = model.fit(x, y.astype("float32"), validation_data=(xv, yv.astype("float32")), epochs=2, verbose=0)
+        history = model.fit(
+            x, y.astype("float32"), validation_data=(xv, yv.astype("float32")), epochs=2, verbose=0
+        )
     assert sorted(history.history) == ["loss", "val_loss"]
     assert not [w for w in caught if "mlflow_mcmetrics" in str(w.message)]
     assert len([r for r in caplog.records if r.name == "mlflow_mcmetrics"]) <= 1
@@ -186,14 +224,18 @@ def test_a_model_built_at_its_first_fit_gets_the_metric_on_that_fit(tracking, di
     x, y, xv, yv = digits
     mlflow_mcmetrics.autolog()
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10, activation="softmax")]
+    )
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0)
     assert not [w for w in caught if "mlflow_mcmetrics" in str(w.message)]
     predicted = model.predict(xv, verbose=0).argmax(-1)
-    assert_logged(client, run_id_of_last_fit(), expected_scores(yv, predicted, list(range(10)), "val_"), 2)
+    assert_logged(
+        client, run_id_of_last_fit(), expected_scores(yv, predicted, list(range(10)), "val_"), 2
+    )
 
 
 def test_monitors_on_val_f1_macro_work_with_mode_auto(tracking, digits, tmp_path):
@@ -203,10 +245,14 @@ def test_monitors_on_val_f1_macro_work_with_mode_auto(tracking, digits, tmp_path
     model = compiled_model()
     monitors = [
         keras.callbacks.EarlyStopping(monitor="val_f1_macro", patience=5),
-        keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_f1_macro", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(
+            tmp_path / "best.keras", monitor="val_f1_macro", save_best_only=True
+        ),
         keras.callbacks.ReduceLROnPlateau(monitor="val_f1_macro", patience=5),
     ]
-    history = model.fit(x, y, validation_data=(xv, yv), epochs=3, batch_size=128, verbose=0, callbacks=monitors)
+    history = model.fit(
+        x, y, validation_data=(xv, yv), epochs=3, batch_size=128, verbose=0, callbacks=monitors
+    )
     for monitor in monitors:
         assert monitor.monitor_op is keras.ops.greater, type(monitor).__name__
     assert monitors[0].best == pytest.approx(max(history.history["val_f1_macro"]))
@@ -224,7 +270,9 @@ def test_mlflow_autologging_test_mode(tracking, digits, monkeypatch, integration
     model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0)
     mlflow_mcmetrics.flush()
     predicted = model.predict(xv, verbose=0).argmax(-1)
-    assert_logged(client, run_id_of_last_fit(), expected_scores(yv, predicted, list(range(10)), "val_"), 2)
+    assert_logged(
+        client, run_id_of_last_fit(), expected_scores(yv, predicted, list(range(10)), "val_"), 2
+    )
     getattr(mlflow, integration).autolog(disable=True)
 
 
@@ -239,18 +287,28 @@ def test_multi_output_model_logs_each_classification_output(tracking, digits):
     size = keras.layers.Dense(1, name="size")(hidden)
     keras.utils.set_random_seed(0)
     model = keras.Model(inputs, {"digit": digit, "parity": parity, "size": size})
-    model.compile(optimizer="adam", loss={"digit": "sparse_categorical_crossentropy",
-                                          "parity": "binary_crossentropy", "size": "mse"})
+    model.compile(
+        optimizer="adam",
+        loss={
+            "digit": "sparse_categorical_crossentropy",
+            "parity": "binary_crossentropy",
+            "size": "mse",
+        },
+    )
     targets = {"digit": y, "parity": (y % 2).astype("float32"), "size": y.astype("float32")}
     val_targets = {"digit": yv, "parity": (yv % 2).astype("float32"), "size": yv.astype("float32")}
     mlflow_mcmetrics.autolog(class_names={"parity": ["even", "odd"]})
-    history = model.fit(x, targets, validation_data=(xv, val_targets), epochs=2, batch_size=128, verbose=0)
+    history = model.fit(
+        x, targets, validation_data=(xv, val_targets), epochs=2, batch_size=128, verbose=0
+    )
     assert {"val_digit_f1_macro", "val_parity_f1_macro"} <= set(history.history)
 
     run_id = run_id_of_last_fit()
     predictions = model.predict(xv, verbose=0)
     expected = expected_scores(yv, predictions["digit"].argmax(-1), list(range(10)), "val_digit_")
-    parity = expected_scores(yv % 2, (predictions["parity"][:, 0] > 0.5).astype(int), [0, 1], "val_parity_")
+    parity = expected_scores(
+        yv % 2, (predictions["parity"][:, 0] > 0.5).astype(int), [0, 1], "val_parity_"
+    )
     expected.update({k.replace("/0", "/even").replace("/1", "/odd"): v for k, v in parity.items()})
     logged = client.get_run(run_id).data
     for key, value in expected.items():
@@ -259,8 +317,12 @@ def test_multi_output_model_logs_each_classification_output(tracking, digits):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [0, 1], key
     assert not [key for key in logged.metrics if key.startswith(("size_", "val_size_"))]
     assert logged.params["mcmetrics.parity.task"] == "binary"
-    matrix = mlflow.artifacts.load_dict(f"runs:/{run_id}/mcmetrics/digit/epochs/0001/val_confusion_matrix.json")
-    np.testing.assert_array_equal(matrix["matrix"], skm.confusion_matrix(yv, predictions["digit"].argmax(-1)))
+    matrix = mlflow.artifacts.load_dict(
+        f"runs:/{run_id}/mcmetrics/digit/epochs/0001/val_confusion_matrix.json"
+    )
+    np.testing.assert_array_equal(
+        matrix["matrix"], skm.confusion_matrix(yv, predictions["digit"].argmax(-1))
+    )
 
 
 def test_backup_and_restore_resumes_with_step_equal_to_epoch(tracking, digits, tmp_path):
@@ -293,7 +355,11 @@ def test_backup_and_restore_resumes_with_step_equal_to_epoch(tracking, digits, t
 
 
 def batches(data, target, batch_size):
-    yield from zip(np.split(data, len(data) // batch_size), np.split(target, len(target) // batch_size))
+    yield from zip(
+        np.split(data, len(data) // batch_size),
+        np.split(target, len(target) // batch_size),
+        strict=True,
+    )
 
 
 @pytest.fixture
@@ -308,13 +374,23 @@ def fresh_mlflow_autolog():
 
 
 @pytest.mark.parametrize("batch_size", [2, 3])
-def test_mlflow_generator_batch_size_and_last_active_run_are_mlflows(tracking, batch_size, fresh_mlflow_autolog):
-    """MLflow's test_tf_keras_autolog_implicit_batch_size_for_generator_dataset_without_side_effects:
+def test_mlflow_generator_batch_size_and_last_active_run_are_mlflows(
+    tracking, batch_size, fresh_mlflow_autolog
+):
+    """MLflow's
+    test_tf_keras_autolog_implicit_batch_size_for_generator_dataset_without_side_effects:
     a regression model under mlflow.autolog() and ours; last_active_run() is MLflow's run."""
-    data = np.array([[1, 2, 3], [3, 2, 1], [2, 2, 2], [10, 20, 30], [30, 20, 10], [20, 20, 20]], dtype="float32")
+    data = np.array(
+        [[1, 2, 3], [3, 2, 1], [2, 2, 2], [10, 20, 30], [30, 20, 10], [20, 20, 20]], dtype="float32"
+    )
     target = np.array([[1], [3], [2], [11], [13], [12]], dtype="float32")
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5, activation="relu", kernel_initializer="zeros"),
-                              keras.layers.Dense(1, kernel_initializer="zeros")])
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(5, activation="relu", kernel_initializer="zeros"),
+            keras.layers.Dense(1, kernel_initializer="zeros"),
+        ]
+    )
     model.compile(loss="mae", optimizer="adam", metrics=["mse"])
     mlflow.autolog()
     mlflow_mcmetrics.autolog()

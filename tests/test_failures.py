@@ -23,11 +23,11 @@ from pathlib import Path
 import keras
 import mlflow
 import pytest
+from conftest import REPO_ROOT, MlflowServer
+from test_training import dense_model
 
 import mlflow_mcmetrics
-from conftest import REPO_ROOT, MlflowServer
 from mlflow_mcmetrics import MCMetricsWarning
-from test_training import dense_model
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,9 @@ print("after fit", time.time(), flush=True)
 
 def training_script(tmp_path: Path, *, epochs=3, pause=0.0, after="", prelude="") -> Path:
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(prelude) + TRAINING.format(epochs=epochs, pause=pause, after=after))
+    script.write_text(
+        textwrap.dedent(prelude) + TRAINING.format(epochs=epochs, pause=pause, after=after)
+    )
     return script
 
 
@@ -70,7 +72,9 @@ def child_env(tracking_uri: str, **extra) -> dict:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1", **extra}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
     for name in ("MLFLOW_AUTOLOGGING_TESTING", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        env.pop(name, None)  # set by earlier tests' mlflow.set_experiment(); each child has its own server
+        env.pop(
+            name, None
+        )  # set by earlier tests' mlflow.set_experiment(); each child has its own server
     return env
 
 
@@ -82,8 +86,16 @@ def closed_port_uri() -> str:
 
 def only_run(uri: str) -> mlflow.entities.Run:
     client = mlflow.MlflowClient(uri)
-    runs = [run for experiment in client.search_experiments() for run in client.search_runs([experiment.experiment_id])]
-    assert len(runs) == 1, ([r.info.run_id for r in runs], client.search_experiments(), client.tracking_uri)
+    runs = [
+        run
+        for experiment in client.search_experiments()
+        for run in client.search_runs([experiment.experiment_id])
+    ]
+    assert len(runs) == 1, (
+        [r.info.run_id for r in runs],
+        client.search_experiments(),
+        client.tracking_uri,
+    )
     return runs[0]
 
 
@@ -101,8 +113,14 @@ def test_no_environment_change_from_this_package_during_a_fit_over_http(tmp_path
     """
     after = "print('changes from mlflow_mcmetrics:', CHANGES)"
     script = training_script(tmp_path, epochs=4, prelude=prelude, after=after)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
-                          env=child_env(mlflow_server), timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=child_env(mlflow_server),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "changes from mlflow_mcmetrics: []" in done.stdout, done.stdout
 
@@ -111,32 +129,59 @@ def test_server_down_at_start_trains_at_once_and_sync_creates_the_run(tmp_path):
     """Item 2: a closed port; training starts within seconds, `mcmetrics sync` delivers all."""
     uri = closed_port_uri()
     script = training_script(tmp_path, epochs=3)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
-                          env=child_env(uri), timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=child_env(uri),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = dict(line.split(" at ") for line in done.stdout.splitlines() if line.startswith("epoch"))
+    lines = dict(
+        line.split(" at ") for line in done.stdout.splitlines() if line.startswith("epoch")
+    )
     start = float(done.stdout.split("start ")[1].split()[0])
     assert float(lines["epoch 0"]) - start < 10, done.stdout
     assert "after fit" in done.stdout
     (spooled,) = (tmp_path / "mcmetrics-spool").glob("offline-*.jsonl")
     records = [json.loads(line) for line in spooled.read_text().splitlines()]
-    assert records[0]["kind"] == "create_run" and records[-1] == {**records[-1], "kind": "end_run", "status": "FINISHED"}
+    assert records[0]["kind"] == "create_run" and records[-1] == {
+        **records[-1],
+        "kind": "end_run",
+        "status": "FINISHED",
+    }
 
     server = MlflowServer(tmp_path)
     server.port, server.uri = int(uri.rsplit(":", 1)[1]), uri
     server.start()
     try:
-        sync = subprocess.run([sys.executable, "-m", "mlflow_mcmetrics.cli", "sync", "--tracking-uri", uri],
-                              capture_output=True, text=True, cwd=tmp_path, env=child_env(uri), timeout=300)
+        sync = subprocess.run(
+            [sys.executable, "-m", "mlflow_mcmetrics.cli", "sync", "--tracking-uri", uri],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=child_env(uri),
+            timeout=300,
+        )
         assert sync.returncode == 0 and "stopped at record" not in sync.stderr, sync.stderr[-3000:]
         run = only_run(uri)
         assert run.info.status == "FINISHED"
         assert run.data.params["mcmetrics.task"] == "multiclass"
         assert run.data.tags["mlflow.autologging"] == "mlflow_mcmetrics"
         client = mlflow.MlflowClient(uri)
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_f1/digit 3")] == [0, 1, 2]
-        report = json.loads(Path(client.download_artifacts(run.info.run_id, "mcmetrics/classification_report.json",
-                                                            str(tmp_path))).read_text())
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_f1/digit 3")] == [
+            0,
+            1,
+            2,
+        ]
+        report = json.loads(
+            Path(
+                client.download_artifacts(
+                    run.info.run_id, "mcmetrics/classification_report.json", str(tmp_path)
+                )
+            ).read_text()
+        )
         assert report["epoch"] == 2
         assert not list((tmp_path / "mcmetrics-spool").glob("*.jsonl"))
     finally:
@@ -147,8 +192,14 @@ def test_server_back_during_training_creates_the_run_then(tmp_path):
     """Item 2: the offline run is created when the server answers, with the backlog."""
     uri = closed_port_uri()
     script = training_script(tmp_path, epochs=6, pause=1.0)
-    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, cwd=tmp_path, env=child_env(uri))
+    child = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=child_env(uri),
+    )
     server = MlflowServer(tmp_path)
     server.port, server.uri = int(uri.rsplit(":", 1)[1]), uri
     try:
@@ -182,12 +233,27 @@ def test_unwritable_working_directory_falls_back_to_a_user_spool():
     work.chmod(0o555)
     user_spool = Path("/tmp") / "mcmetrics-spool-65534"
     env = child_env(closed_port_uri(), HOME="/nonexistent")
-    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, str(script)],
-                          capture_output=True, text=True, cwd=work, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "saved model" in done.stdout
     assert str(user_spool) in done.stderr
-    spooled = [p for p in user_spool.glob("offline-*.jsonl") if p.stat().st_mtime > time.time() - 300]
+    spooled = [
+        p for p in user_spool.glob("offline-*.jsonl") if p.stat().st_mtime > time.time() - 300
+    ]
     assert spooled
     for path in spooled:
         path.unlink()
@@ -212,8 +278,14 @@ def test_a_signal_mid_fit_ends_the_run_killed_with_its_epochs(tmp_path, mlflow_s
     experiment = f"signal-{signum}-{time.time_ns()}"
     prelude = f"import mlflow\nmlflow.set_experiment({experiment!r})\n"
     script = training_script(tmp_path, epochs=50, pause=0.3, prelude=prelude)
-    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, cwd=tmp_path, env=child_env(mlflow_server))
+    child = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=child_env(mlflow_server),
+    )
     try:
         for line in child.stdout:
             if line.startswith("epoch 3 "):
@@ -224,7 +296,9 @@ def test_a_signal_mid_fit_ends_the_run_killed_with_its_epochs(tmp_path, mlflow_s
         took = time.monotonic() - sent
     finally:
         child.kill()
-    assert child.returncode in ((-signal.SIGTERM, 143) if signum == signal.SIGTERM else (1, -signal.SIGINT, 130))
+    assert child.returncode in (
+        (-signal.SIGTERM, 143) if signum == signal.SIGTERM else (1, -signal.SIGINT, 130)
+    )
     assert took < 15
     client = mlflow.MlflowClient(mlflow_server)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
@@ -235,12 +309,16 @@ def test_a_signal_mid_fit_ends_the_run_killed_with_its_epochs(tmp_path, mlflow_s
 
 def test_an_error_while_drawing_does_not_escape_fit(tracking, digits, monkeypatch):
     """Item 5: errors in drawing, reporting, delivering become one warning each."""
-    from mlflow_mcmetrics import plots
+    from mlflow_mcmetrics.render import RenderProcess
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("no display")
+    draw = RenderProcess.draw
 
-    monkeypatch.setattr(plots, "plot_f1_by_epoch", broken)
+    def broken(self, figure, **kwargs):
+        if figure == "plot_f1_by_epoch":
+            raise RuntimeError("no display")
+        return draw(self, figure=figure, **kwargs)
+
+    monkeypatch.setattr(RenderProcess, "draw", broken)
     client, _ = tracking
     x, y, xv, yv = digits
     mlflow_mcmetrics.autolog()
@@ -261,7 +339,9 @@ def test_warnings_have_their_category_and_silent_silences_them(tracking, digits)
     for silent in (False, True):
         mlflow_mcmetrics.autolog(silent=silent)
         model = dense_model(64, 10, "softmax")
-        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=12))
+        model.compile(
+            optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=12)
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model.fit(x, bad, epochs=1, batch_size=128, verbose=0)

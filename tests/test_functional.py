@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _inputs import CASE_IDS, CASES, sklearn_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
@@ -22,7 +23,10 @@ def multiclass_data(draw, max_classes=6, max_samples=40):
     num_samples = draw(st.integers(1, max_samples))  # scikit-learn refuses empty input
     # Few distinct labels, so that absent classes are common.
     present = draw(st.lists(st.integers(0, num_classes - 1), min_size=1, max_size=num_classes))
-    y_true = np.array(draw(st.lists(st.sampled_from(present), min_size=num_samples, max_size=num_samples)), dtype=int)
+    y_true = np.array(
+        draw(st.lists(st.sampled_from(present), min_size=num_samples, max_size=num_samples)),
+        dtype=int,
+    )
     y_pred = np.array(
         draw(st.lists(st.integers(0, num_classes - 1), min_size=num_samples, max_size=num_samples)),
         dtype=int,
@@ -46,22 +50,29 @@ def sklearn_prfs(y_true, y_pred, labels, average, zero_division):
 
 
 def assert_same(ours, theirs):
-    np.testing.assert_allclose(np.asarray(ours, float), np.asarray(theirs, float), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(ours, float), np.asarray(theirs, float), rtol=1e-12, atol=1e-12
+    )
 
 
 @settings(max_examples=150, deadline=None)
-@given(data=multiclass_data(), zero_division=st.sampled_from(ZERO_DIVISIONS), drop_first=st.booleans())
+@given(
+    data=multiclass_data(), zero_division=st.sampled_from(ZERO_DIVISIONS), drop_first=st.booleans()
+)
 def test_multiclass_scores_equal_sklearn(data, zero_division, drop_first):
     num_classes, y_true, y_pred = data
     labels = list(range(1 if drop_first else 0, num_classes))
-    state = F.update_state(y_true, one_hot_scores(y_pred, num_classes))
-    assert_same(state.confusion_matrix, skm.confusion_matrix(y_true, y_pred, labels=list(range(num_classes))))
+    state = F.state_from_predictions(y_true, one_hot_scores(y_pred, num_classes))
+    assert_same(
+        state.confusion_matrix,
+        skm.confusion_matrix(y_true, y_pred, labels=list(range(num_classes))),
+    )
     for average in (None, "micro", "macro", "weighted"):
-        ours = F.precision_recall_fscore_support(
+        ours = F.precision_recall_f1_from_confusion_matrix(
             state.confusion_matrix, labels=labels, average=average, zero_division=zero_division
         )
         theirs = sklearn_prfs(y_true, y_pred, labels, average, zero_division)
-        for mine, reference in zip(ours[:3], theirs[:3]):
+        for mine, reference in zip(ours[:3], theirs[:3], strict=True):
             assert_same(mine, reference)
         if average is None:
             assert_same(ours[3], theirs[3])
@@ -79,29 +90,33 @@ def test_multilabel_scores_equal_sklearn(num_labels, num_samples, zero_division,
     y_true = (rng.random((num_samples, num_labels)) < 0.3).astype(int)
     scores = rng.random((num_samples, num_labels))
     y_pred = (scores > 0.5).astype(int)
-    state = F.update_state(y_true, scores, task="multilabel")
+    state = F.state_from_predictions(y_true, scores, task="multilabel")
     assert_same(state.confusion_matrix, skm.multilabel_confusion_matrix(y_true, y_pred))
     for average in (None, "micro", "macro", "weighted"):
-        ours = F.precision_recall_fscore_support(
+        ours = F.precision_recall_f1_from_confusion_matrix(
             state.confusion_matrix, average=average, zero_division=zero_division
         )
         theirs = sklearn_prfs(y_true, y_pred, None, average, zero_division)
-        for mine, reference in zip(ours[:3], theirs[:3]):
+        for mine, reference in zip(ours[:3], theirs[:3], strict=True):
             assert_same(mine, reference)
 
 
 @settings(max_examples=100, deadline=None)
-@given(num_samples=st.integers(1, 60), seed=st.integers(0, 2**16), threshold=st.sampled_from([0.3, 0.5, 0.7]))
+@given(
+    num_samples=st.integers(1, 60),
+    seed=st.integers(0, 2**16),
+    threshold=st.sampled_from([0.3, 0.5, 0.7]),
+)
 def test_binary_reports_both_classes_like_sklearn(num_samples, seed, threshold):
     rng = np.random.default_rng(seed)
     y_true = (rng.random(num_samples) < 0.3).astype(int)
     probability = rng.random(num_samples)
-    state = F.update_state(y_true, probability, task="binary", threshold=threshold)
+    state = F.state_from_predictions(y_true, probability, task="binary", threshold=threshold)
     y_pred = (probability > threshold).astype(int)
     assert_same(state.confusion_matrix, skm.confusion_matrix(y_true, y_pred, labels=[0, 1]))
-    ours = F.precision_recall_fscore_support(state.confusion_matrix)
+    ours = F.precision_recall_f1_from_confusion_matrix(state.confusion_matrix)
     theirs = sklearn_prfs(y_true, y_pred, [0, 1], None, 0.0)
-    for mine, reference in zip(ours, theirs):
+    for mine, reference in zip(ours, theirs, strict=True):
         assert_same(mine, reference)
 
 
@@ -121,20 +136,28 @@ def test_binned_average_precision(num_classes, num_samples, num_bins, seed):
     positives = y_true[:, None] == np.arange(num_classes)
 
     centred = (F.score_bins(raw, num_bins) + 0.5) / num_bins
-    ap, _, _ = F.average_precision(F.update_state(y_true, centred, num_bins=num_bins).score_histogram)
+    ap, _, _ = F.average_precision_from_histogram(
+        F.state_from_predictions(y_true, centred, num_bins=num_bins).score_histogram
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = [
-            skm.average_precision_score(positives[:, c], centred[:, c]) if positives[:, c].any() else 0.0
+            skm.average_precision_score(positives[:, c], centred[:, c])
+            if positives[:, c].any()
+            else 0.0
             for c in range(num_classes)
         ]
         exact = [
-            skm.average_precision_score(positives[:, c], raw[:, c]) if positives[:, c].any() else 0.0
+            skm.average_precision_score(positives[:, c], raw[:, c])
+            if positives[:, c].any()
+            else 0.0
             for c in range(num_classes)
         ]
     np.testing.assert_allclose(ap, expected, atol=1e-12)
 
-    _, lower, upper = F.average_precision(F.update_state(y_true, raw, num_bins=num_bins).score_histogram)
+    _, lower, upper = F.average_precision_from_histogram(
+        F.state_from_predictions(y_true, raw, num_bins=num_bins).score_histogram
+    )
     assert np.all(lower - 1e-9 <= exact) and np.all(np.asarray(exact) <= upper + 1e-9)
     assert np.all(lower <= upper + 1e-12)
 
@@ -143,8 +166,12 @@ def test_tie_interval_closes_with_fine_bins():
     rng = np.random.default_rng(0)
     y_true = rng.integers(0, 3, 500)
     scores = rng.dirichlet(np.ones(3), 500)
-    coarse = F.average_precision(F.update_state(y_true, scores, num_bins=10).score_histogram)
-    fine = F.average_precision(F.update_state(y_true, scores, num_bins=100_000).score_histogram)
+    coarse = F.average_precision_from_histogram(
+        F.state_from_predictions(y_true, scores, num_bins=10).score_histogram
+    )
+    fine = F.average_precision_from_histogram(
+        F.state_from_predictions(y_true, scores, num_bins=100_000).score_histogram
+    )
     exact = [skm.average_precision_score(y_true == c, scores[:, c]) for c in range(3)]
     assert np.all(fine[2] - fine[1] < 1e-3)
     assert np.all(coarse[2] - coarse[1] > fine[2] - fine[1])
@@ -152,19 +179,21 @@ def test_tie_interval_closes_with_fine_bins():
 
 
 @settings(max_examples=60, deadline=None)
-@given(num_samples=st.integers(1, 60), num_bins=st.sampled_from([4, 50]), seed=st.integers(0, 2**16))
+@given(
+    num_samples=st.integers(1, 60), num_bins=st.sampled_from([4, 50]), seed=st.integers(0, 2**16)
+)
 def test_precision_recall_curve_matches_sklearn_points(num_samples, num_bins, seed):
     """Every point of scikit-learn's curve on bin-centred scores is on ours."""
     rng = np.random.default_rng(seed)
     y_true = (rng.random(num_samples) < 0.4).astype(int)
     scores = (F.score_bins(rng.random(num_samples), num_bins) + 0.5) / num_bins
-    state = F.update_state(y_true, scores, task="binary", num_bins=num_bins)
-    precision, recall, thresholds = F.precision_recall_curve(state.score_histogram)
+    state = F.state_from_predictions(y_true, scores, task="binary", num_bins=num_bins)
+    precision, recall, thresholds = F.precision_recall_curve_from_histogram(state.score_histogram)
     if not y_true.any():
         assert np.all(recall[1] == 0)
         return
     sk_precision, sk_recall, sk_thresholds = skm.precision_recall_curve(y_true, scores)
-    for p, r, t in zip(sk_precision[:-1], sk_recall[:-1], sk_thresholds):
+    for p, r, t in zip(sk_precision[:-1], sk_recall[:-1], sk_thresholds, strict=True):
         b = int(t * num_bins)
         assert thresholds[b] == pytest.approx(t - 0.5 / num_bins)
         assert precision[1, b] == pytest.approx(p) and recall[1, b] == pytest.approx(r)
@@ -174,7 +203,7 @@ def test_ignore_class_and_labels_match_sklearn_on_filtered_data():
     rng = np.random.default_rng(1)
     y_true = rng.integers(0, 4, 300)
     scores = rng.dirichlet(np.ones(4), 300)
-    state = F.update_state(y_true, scores, ignore_class=0)
+    state = F.state_from_predictions(y_true, scores, ignore_class=0)
     kept = y_true != 0
     y_pred = scores.argmax(1)
     scores_ours = F.classification_scores(state, labels=[1, 2, 3])
@@ -185,10 +214,12 @@ def test_ignore_class_and_labels_match_sklearn_on_filtered_data():
     )
 
 
-@pytest.mark.parametrize("task, y_true", [("multiclass", np.zeros(0, int)), ("multilabel", np.zeros((0, 3), int))])
+@pytest.mark.parametrize(
+    "task, y_true", [("multiclass", np.zeros(0, int)), ("multilabel", np.zeros((0, 3), int))]
+)
 def test_empty_state_follows_zero_division(task, y_true):
     """scikit-learn refuses empty input; every ratio is undefined, so zero_division decides."""
-    state = F.update_state(y_true, np.zeros((0, 3)), task=task, num_bins=5)
+    state = F.state_from_predictions(y_true, np.zeros((0, 3)), task=task, num_bins=5)
     for zero_division in (0.0, 1.0):
         scores = F.classification_scores(state, zero_division=zero_division)
         assert np.all(scores["precision"] == zero_division)
@@ -201,15 +232,15 @@ def test_empty_state_follows_zero_division(task, y_true):
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="zero_division"):
-        F.precision_recall_fscore_support(np.eye(2), zero_division="warn")
+        F.precision_recall_f1_from_confusion_matrix(np.eye(2), zero_division="warn")
     with pytest.raises(ValueError, match="average"):
-        F.precision_recall_fscore_support(np.eye(2), average="samples")
+        F.precision_recall_f1_from_confusion_matrix(np.eye(2), average="samples")
     with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 2\)"):
-        F.precision_recall_fscore_support(np.eye(2), labels=[2])
+        F.precision_recall_f1_from_confusion_matrix(np.eye(2), labels=[2])
     with pytest.raises(ValueError, match="Unknown task"):
-        F.update_state([0], [[1.0, 0.0]], task="multi-class")
+        F.state_from_predictions([0], [[1.0, 0.0]], task="multi-class")
     with pytest.raises(ValueError, match=r"Labels must be in \[0, 2\)"):
-        F.update_state([2], [[1.0, 0.0]])
+        F.state_from_predictions([2], [[1.0, 0.0]])
 
 
 def test_functional_imports_neither_keras_nor_mlflow():
@@ -219,5 +250,26 @@ def test_functional_imports_neither_keras_nor_mlflow():
         "import sys, mlflow_mcmetrics, mlflow_mcmetrics.functional, mlflow_mcmetrics.naming;"
         "print(sorted(m for m in ('keras', 'tensorflow', 'mlflow') if m in sys.modules))"
     )
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert output.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_state_from_predictions_matches_scikit_learn_on_every_case(case):
+    labels, probabilities, weights, _ = case.flat()
+    state = F.state_from_predictions(
+        labels,
+        probabilities[:, 0] if case.task == "binary" else probabilities,
+        task=case.task,
+        threshold=case.threshold,
+        ignore_class=case.ignore_class,
+        sample_weight=weights,
+    )
+    expected = sklearn_reference(case)
+    np.testing.assert_allclose(state.confusion_matrix, expected["confusion_matrix"], atol=1e-9)
+    scores = F.classification_scores(state, labels=case.scored_labels)
+    for name in ("precision", "recall", "f1", "support"):
+        np.testing.assert_allclose(scores[name], expected[name], atol=1e-12, err_msg=name)
+    assert scores["f1_macro"] == pytest.approx(expected["f1_macro"], abs=1e-12)

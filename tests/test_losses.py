@@ -49,16 +49,34 @@ def reference(name, labels, logits):
 
 
 def keras_per_sample(loss, y_true, y_pred):
-    return ops.convert_to_numpy(loss.call(ops.convert_to_tensor(y_true), ops.convert_to_tensor(y_pred)))
+    return ops.convert_to_numpy(
+        loss.call(ops.convert_to_tensor(y_true), ops.convert_to_tensor(y_pred))
+    )
 
 
-@pytest.mark.parametrize("name", ["cce", "weighted_cce", "class_balanced", "logit_adjusted", "balanced_softmax", "ldam", "focal"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cce",
+        "weighted_cce",
+        "class_balanced",
+        "logit_adjusted",
+        "balanced_softmax",
+        "ldam",
+        "focal",
+    ],
+)
 @pytest.mark.parametrize("labels", ["sparse", "one-hot"])
 def test_multiclass_losses_match_reference(name, labels):
     loss = losses.get(name, COUNTS)
     y_true = LABELS if labels == "sparse" else np.eye(C, dtype="float32")[LABELS]
     per_sample = keras_per_sample(loss, y_true, LOGITS)
-    np.testing.assert_allclose(per_sample.reshape(-1), reference(name, LABELS, LOGITS.astype("float64")), rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        per_sample.reshape(-1),
+        reference(name, LABELS, LOGITS.astype("float64")),
+        rtol=2e-5,
+        atol=1e-5,
+    )
     assert float(loss(y_true, LOGITS)) == pytest.approx(per_sample.mean(), rel=1e-5)
 
 
@@ -80,7 +98,9 @@ def test_ldam_deferred_reweighting_switches_weights_on():
     np.testing.assert_allclose(keras_per_sample(loss, LABELS, LOGITS), before)
     callback.on_epoch_begin(2)
     weights = losses.class_balanced_weights(COUNTS, 0.9999)
-    np.testing.assert_allclose(keras_per_sample(loss, LABELS, LOGITS), before * weights[LABELS], rtol=1e-5)
+    np.testing.assert_allclose(
+        keras_per_sample(loss, LABELS, LOGITS), before * weights[LABELS], rtol=1e-5
+    )
 
 
 def test_weighted_bce_matches_reference():
@@ -98,9 +118,14 @@ def test_weighted_bce_matches_reference():
 def test_gradients_are_finite_for_extreme_logits(name):
     import tensorflow as tf
 
-    extreme = np.array([[1e4, -1e4, 0.0, 50.0], [-1e4, 1e4, -1e4, 1e4], [0, 0, 0, 0]], dtype="float32")
+    extreme = np.array(
+        [[1e4, -1e4, 0.0, 50.0], [-1e4, 1e4, -1e4, 1e4], [0, 0, 0, 0]], dtype="float32"
+    )
     if name == "weighted_bce":
-        loss, y_true = losses.get(name, [1.0, 2.0, 1.0, 3.0], num_samples=10), np.eye(4, dtype="float32")[[0, 1, 2]]
+        loss, y_true = (
+            losses.get(name, [1.0, 2.0, 1.0, 3.0], num_samples=10),
+            np.eye(4, dtype="float32")[[0, 1, 2]],
+        )
     else:
         loss, y_true = losses.get(name, COUNTS), np.array([1, 0, 3])
     logits = tf.Variable(extreme)
@@ -123,11 +148,15 @@ def test_a_saved_model_reloads_with_its_loss(name, tmp_path):
     assert type(restored.loss) is type(loss)
     assert restored.loss.get_config() == loss.get_config()
     y_true = LABELS[:8] if name != "weighted_bce" else (RNG.random((8, C)) < 0.3).astype("float32")
-    np.testing.assert_allclose(float(restored.loss(y_true, LOGITS[:8])), float(loss(y_true, LOGITS[:8])), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(restored.loss(y_true, LOGITS[:8])), float(loss(y_true, LOGITS[:8])), rtol=1e-6
+    )
 
 
 def test_unknown_loss_lists_the_choices():
-    with pytest.raises(ValueError, match="Unknown loss 'dice'; choose one of cce, weighted_cce, focal"):
+    with pytest.raises(
+        ValueError, match="Unknown loss 'dice'; choose one of cce, weighted_cce, focal"
+    ):
         losses.get("dice", COUNTS)
     with pytest.raises(ValueError, match="class_counts must be positive"):
         losses.get("weighted_cce", [3, 0, 1])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from _inputs import CASE_IDS, CASES, sklearn_reference
 from sklearn import metrics as skm
 
 from mlflow_mcmetrics import ClassificationMetrics
@@ -59,7 +60,7 @@ def test_multiclass_state_equals_reference(y_true, y_pred, from_logits):
     halves = [(y_true[:100], y_pred[:100]), (y_true[100:], y_pred[100:])]
     state, rejected = run_metric(metric, halves)
     probabilities = ops_softmax(y_pred) if from_logits else y_pred
-    reference = F.update_state(LABELS, probabilities, num_bins=BINS)
+    reference = F.state_from_predictions(LABELS, probabilities, num_bins=BINS)
     np.testing.assert_array_equal(state.confusion_matrix, reference.confusion_matrix)
     np.testing.assert_array_equal(
         state.confusion_matrix, skm.confusion_matrix(LABELS, y_pred.argmax(1), labels=range(C))
@@ -82,16 +83,26 @@ def test_binary_single_sigmoid_unit_reports_both_classes(from_logits):
     logits = RNG.normal(size=(N, 1)).astype("float32")
     y_true = (RNG.random(N) < 0.3).astype("float32")[:, None]
     y_pred = logits if from_logits else sigmoid(logits).astype("float32")
-    metric = ClassificationMetrics(2, task="binary", from_logits=from_logits, threshold=0.4, pr_thresholds=BINS)
+    metric = ClassificationMetrics(
+        2, task="binary", from_logits=from_logits, threshold=0.4, pr_thresholds=BINS
+    )
     state, _ = run_metric(metric, [(y_true, y_pred)])
     probability = sigmoid(logits[:, 0].astype("float64"))
     predicted = (probability > 0.4).astype(int)
-    np.testing.assert_array_equal(state.confusion_matrix, skm.confusion_matrix(y_true[:, 0], predicted))
+    np.testing.assert_array_equal(
+        state.confusion_matrix, skm.confusion_matrix(y_true[:, 0], predicted)
+    )
     scores = F.classification_scores(state)
-    np.testing.assert_allclose(scores["f1"], skm.f1_score(y_true[:, 0], predicted, average=None), atol=1e-12)
+    np.testing.assert_allclose(
+        scores["f1"], skm.f1_score(y_true[:, 0], predicted, average=None), atol=1e-12
+    )
     # class 0 is scored on 1 - p, class 1 on p
-    assert scores["ap"][1] == pytest.approx(skm.average_precision_score(y_true[:, 0], probability), abs=0.02)
-    assert scores["ap"][0] == pytest.approx(skm.average_precision_score(1 - y_true[:, 0], 1 - probability), abs=0.02)
+    assert scores["ap"][1] == pytest.approx(
+        skm.average_precision_score(y_true[:, 0], probability), abs=0.02
+    )
+    assert scores["ap"][0] == pytest.approx(
+        skm.average_precision_score(1 - y_true[:, 0], 1 - probability), abs=0.02
+    )
 
 
 def test_multilabel_with_logits_and_sample_weight():
@@ -103,10 +114,12 @@ def test_multilabel_with_logits_and_sample_weight():
     state, _ = metric.state()
     predicted = (sigmoid(logits) > 0.5).astype(int)
     np.testing.assert_array_equal(
-        state.confusion_matrix, skm.multilabel_confusion_matrix(labels, predicted, sample_weight=weights)
+        state.confusion_matrix,
+        skm.multilabel_confusion_matrix(labels, predicted, sample_weight=weights),
     )
     assert float(metric.result()) == pytest.approx(
-        skm.f1_score(labels, predicted, average="macro", sample_weight=weights, zero_division=0), abs=1e-6
+        skm.f1_score(labels, predicted, average="macro", sample_weight=weights, zero_division=0),
+        abs=1e-6,
     )
 
 
@@ -125,7 +138,9 @@ def test_sequence_ignore_class_and_sample_weight():
     )
     assert metric.scored_labels == [1, 2, 3, 4]
     assert float(metric.result()) == pytest.approx(
-        skm.f1_score(y_true[keep], predicted[keep], labels=[1, 2, 3, 4], average="macro", zero_division=0),
+        skm.f1_score(
+            y_true[keep], predicted[keep], labels=[1, 2, 3, 4], average="macro", zero_division=0
+        ),
         abs=1e-6,
     )
 
@@ -157,7 +172,7 @@ def compiled_update(metric):
 
         def update(y_true, y_pred):
             values = step([variable.value for variable in metric.variables], y_true, y_pred)
-            for variable, value in zip(metric.variables, values):
+            for variable, value in zip(metric.variables, values, strict=True):
                 variable.assign(value)
 
         return update
@@ -177,12 +192,61 @@ def test_xla_compiled_update_gives_the_eager_state():
 
 
 def test_reset_and_config_round_trip():
-    metric = ClassificationMetrics(C, ignore_class=2, zero_division=1.0, pr_thresholds=10, name="f1m")
+    metric = ClassificationMetrics(
+        C, ignore_class=2, zero_division=1.0, pr_thresholds=10, name="f1m"
+    )
     metric.update_state(LABELS, PROBS)
     metric.reset_state()
     state, rejected = metric.state()
-    assert state.confusion_matrix.sum() == 0 and state.score_histogram.sum() == 0 and rejected.sum() == 0
+    assert (
+        state.confusion_matrix.sum() == 0
+        and state.score_histogram.sum() == 0
+        and rejected.sum() == 0
+    )
     clone = ClassificationMetrics.from_config(metric.get_config())
     assert clone.get_config() == metric.get_config()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
     assert isinstance(restored, ClassificationMetrics) and restored.ignore_class == 2
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_every_case_matches_scikit_learn(case):
+    metric = ClassificationMetrics(**case.metric_kwargs(), pr_thresholds=BINS)
+    half = len(case.y_true) // 2
+    for part in (slice(0, half), slice(half, None)):
+        weight = None if case.sample_weight is None else case.sample_weight[part]
+        metric.update_state(case.y_true[part], case.y_pred[part], sample_weight=weight)
+    state, rejected = metric.state()
+    expected = sklearn_reference(case)
+    np.testing.assert_allclose(state.confusion_matrix, expected["confusion_matrix"], atol=1e-9)
+    scores = F.classification_scores(state, labels=metric.scored_labels)
+    for name in ("precision", "recall", "f1", "support"):
+        np.testing.assert_allclose(scores[name], expected[name], atol=1e-12, err_msg=name)
+    assert float(metric.result()) == pytest.approx(expected["f1_macro"], abs=1e-6)
+    assert list(rejected) == [0, 0]
+    # Every counted row lands once in each class's histogram.
+    _, _, weights, kept = case.flat()
+    np.testing.assert_allclose(state.score_histogram.sum(axis=(0, 2)), weights[kept].sum())
+
+
+def test_counts_stay_exact_past_float32():
+    """More than 2**24 rows into one cell: a float32 counter stops counting at 16 777 216."""
+    rows, batches = 2**21, 9
+    labels = np.zeros(rows, "int32")
+    labels[:5] = 1
+    scores = np.tile(np.array([[0.7, 0.2, 0.1]], "float32"), (rows, 1))
+    weighted = ClassificationMetrics(3, pr_thresholds=16)
+    unweighted = ClassificationMetrics(3, pr_thresholds=16)
+    for _ in range(batches):
+        unweighted.update_state(labels, scores)
+        weighted.update_state(labels, scores, sample_weight=np.full(rows, 3.0, "float32"))
+    expected = batches * (rows - 5)
+    assert expected > 2**24
+    for metric, weight in ((unweighted, 1), (weighted, 3)):
+        state, _ = metric.state()
+        assert state.confusion_matrix[0, 0] == weight * expected
+        assert state.confusion_matrix[1, 0] == weight * batches * 5
+        assert state.score_histogram[1, 0].sum() == weight * expected
+        np.testing.assert_array_equal(
+            np.float32(state.confusion_matrix[0, 0]) + np.float32(1), np.float32(weight * expected)
+        )  # ...where float32 itself can no longer add one

@@ -16,12 +16,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
 from conftest import _free_port
-from mlflow_mcmetrics.callback import is_chief
 from multiworker_worker import data as load_digits_split
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from test_readme import subprocess_env
+
+from mlflow_mcmetrics.callback import is_chief
 
 
 @pytest.mark.parametrize(
@@ -30,8 +30,20 @@ from test_readme import subprocess_env
         (None, True),
         ({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}, True),
         ({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}, False),
-        ({"cluster": {"chief": ["c:0"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}, True),
-        ({"cluster": {"chief": ["c:0"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}, False),
+        (
+            {
+                "cluster": {"chief": ["c:0"], "worker": ["a:1"]},
+                "task": {"type": "chief", "index": 0},
+            },
+            True,
+        ),
+        (
+            {
+                "cluster": {"chief": ["c:0"], "worker": ["a:1"]},
+                "task": {"type": "worker", "index": 0},
+            },
+            False,
+        ),
     ],
 )
 def test_only_the_chief_logs(monkeypatch, config, chief):
@@ -48,9 +60,17 @@ def start_workers(mode, output_dir, env):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workers = [
         subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("multiworker_worker.py")),
-             json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}), mode, str(output_dir)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                str(Path(__file__).with_name("multiworker_worker.py")),
+                json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+                mode,
+                str(output_dir),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for index in range(2)
     ]
@@ -68,12 +88,15 @@ def assert_one_chief_run_counting_every_sample_once(client, experiment_id, outpu
     for epoch in ("0000", "0001"):
         for split, size in (("train", len(y_train)), ("val", len(y_val))):
             matrix = mlflow.artifacts.load_dict(
-                f"runs:/{run.info.run_id}/mcmetrics/epochs/{epoch}/{split}_confusion_matrix.json")
+                f"runs:/{run.info.run_id}/mcmetrics/epochs/{epoch}/{split}_confusion_matrix.json"
+            )
             assert np.sum(matrix["matrix"]) == size, (epoch, split)
 
     predicted = np.load(output_dir / "val_logits.npy").argmax(1)
     assert matrix["matrix"] == confusion_matrix(y_val, predicted, labels=range(10)).tolist()
-    precision, recall, f1, _ = precision_recall_fscore_support(y_val, predicted, labels=range(10), zero_division=0)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_val, predicted, labels=range(10), zero_division=0
+    )
     metrics = run.data.metrics
     for index in range(10):
         assert metrics[f"val_precision/digit {index}"] == pytest.approx(precision[index], abs=1e-6)
@@ -83,7 +106,9 @@ def assert_one_chief_run_counting_every_sample_once(client, experiment_id, outpu
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fit", "loop"])
-def test_multi_worker_training_logs_once_from_the_chief_and_counts_every_sample_once(tracking, tmp_path, mode):
+def test_multi_worker_training_logs_once_from_the_chief_and_counts_every_sample_once(
+    tracking, tmp_path, mode
+):
     """``fit``: ``autolog()`` + ``model.fit`` (past two Keras bugs, see the worker);
     ``loop``: a custom training loop with the metric and the callback."""
     client, experiment_id = tracking

@@ -8,7 +8,21 @@ from mlflow.utils.validation import _validate_metric_name
 
 from mlflow_mcmetrics.naming import MAX_KEY_LENGTH, class_key_components, metric_key
 
-HOSTILE = ["cat", "cat", "", ".", "..", "a/b", "/", "x" * 1000, "chat noir", "猫", "a\nb", "a=b,#", "a_1"]
+HOSTILE = [
+    "cat",
+    "cat",
+    "",
+    ".",
+    "..",
+    "a/b",
+    "/",
+    "x" * 1000,
+    "chat noir",
+    "猫",
+    "a\nb",
+    "a=b,#",
+    "a_1",
+]
 
 
 def assert_valid_keys(components):
@@ -48,4 +62,10 @@ def test_hostile_names():
 
 def test_plain_names_are_kept():
     names = ["airplane", "automobile", "T-shirt/top", "class 3", "v1.2"]
-    assert class_key_components(names) == ["airplane", "automobile", "T-shirt_top", "class 3", "v1.2"]
+    assert class_key_components(names) == [
+        "airplane",
+        "automobile",
+        "T-shirt_top",
+        "class 3",
+        "v1.2",
+    ]

@@ -7,21 +7,38 @@ import sys
 
 import mlflow
 import pytest
-
 from conftest import REPO_ROOT
-from mlflow_mcmetrics import cli
 from test_readme import subprocess_env
+
+from mlflow_mcmetrics import cli
 
 pytestmark = pytest.mark.slow
 
 
 def mlflow_run(experiment_id, entry_point, cwd, **params):
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO_ROOT), "--env-manager", "local",
-               "--experiment-id", experiment_id, "-e", entry_point]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO_ROOT),
+        "--env-manager",
+        "local",
+        "--experiment-id",
+        experiment_id,
+        "-e",
+        entry_point,
+    ]
     for key, value in params.items():
         command += ["-P", f"{key}={value}"]
-    result = subprocess.run(command, cwd=cwd, env=subprocess_env(mlflow.get_tracking_uri()),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        env=subprocess_env(mlflow.get_tracking_uri()),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -33,7 +50,11 @@ def test_compare_entry_point_logs_the_comparison_to_the_parent(tracking, tmp_pat
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted((r.data.params["loss"], r.data.params["seed"]) for r in children) == [
-        ("cce", "0"), ("cce", "1"), ("logit_adjusted", "0"), ("logit_adjusted", "1")]
+        ("cce", "0"),
+        ("cce", "1"),
+        ("logit_adjusted", "0"),
+        ("logit_adjusted", "1"),
+    ]
     folder = client.download_artifacts(parent.info.run_id, "comparison", str(tmp_path))
     markdown = open(f"{folder}/comparison.md").read()
     assert "| cce | 2 |" in markdown and "| logit_adjusted | 2 |" in markdown
@@ -45,7 +66,9 @@ def test_compare_entry_point_logs_the_comparison_to_the_parent(tracking, tmp_pat
     assert open(f"{folder}/comparison.png", "rb").read(4) == b"\x89PNG"
 
 
-@pytest.mark.parametrize("entry_point, metric", [("sequence", "val_f1/tag 1"), ("multilabel", "val_recall/label 29")])
+@pytest.mark.parametrize(
+    "entry_point, metric", [("sequence", "val_f1/tag 1"), ("multilabel", "val_recall/label 29")]
+)
 def test_sequence_and_multilabel_entry_points(tracking, tmp_path, entry_point, metric):
     client, experiment_id = tracking
     mlflow_run(experiment_id, entry_point, tmp_path, epochs=1)
@@ -69,15 +92,25 @@ def test_every_loss_trains_and_mcmetrics_compare_reads_the_runs(tracking, tmp_pa
     assert [row.split(",")[0] for row in rows[1:]] == names
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["train", "--loss", "dice"], "Unknown loss 'dice'; choose from cce, weighted_cce, focal"),
-    (["train", "--dataset", "mnist"], "Unknown dataset 'mnist'; choose one of digits, fashion_mnist, cifar10, npz:PATH"),
-    (["compare-losses", "--losses", "cce,nope"], "Unknown loss 'nope'"),
-    (["train", "--dataset", "npz:/no/such.npz"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["train", "--loss", "dice"], "Unknown loss 'dice'; choose from cce, weighted_cce, focal"),
+        (
+            ["train", "--dataset", "mnist"],
+            "Unknown dataset 'mnist'; choose one of digits, fashion_mnist, cifar10, npz:PATH",
+        ),
+        (["compare-losses", "--losses", "cce,nope"], "Unknown loss 'nope'"),
+        (["train", "--dataset", "npz:/no/such.npz"], "no such file"),
+    ],
+)
 def test_bad_choices_fail_at_once_with_the_valid_ones(arguments, message):
-    result = subprocess.run([sys.executable, "-m", "mlflow_mcmetrics.cli", *arguments],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow_mcmetrics.cli", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert message in result.stderr
 
@@ -87,7 +120,13 @@ def test_examples_run(tracking, tmp_path, script):
     _, experiment_id = tracking
     env = subprocess_env(mlflow.get_tracking_uri())
     env["MLFLOW_EXPERIMENT_ID"] = experiment_id
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / script), "--epochs", "2"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / script), "--epochs", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip()

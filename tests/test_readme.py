@@ -9,7 +9,6 @@ import sys
 
 import mlflow
 import pytest
-
 from conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -43,7 +42,12 @@ def test_usage_example_runs_as_written(tracking, tmp_path):
     env = subprocess_env(mlflow.get_tracking_uri())
     env["MLFLOW_EXPERIMENT_ID"] = experiment_id
     result = subprocess.run(
-        [sys.executable, "-c", example], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", example],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     printed = float(result.stdout.strip().splitlines()[-1])
@@ -56,9 +60,24 @@ def test_usage_example_runs_as_written(tracking, tmp_path):
 def test_mlproject_main_entry_point(tracking, tmp_path):
     client, experiment_id = tracking
     result = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(REPO_ROOT), "--env-manager", "local",
-         "--experiment-id", experiment_id, "-P", "epochs=2"],
-        cwd=tmp_path, env=subprocess_env(mlflow.get_tracking_uri()), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(REPO_ROOT),
+            "--env-manager",
+            "local",
+            "--experiment-id",
+            experiment_id,
+            "-P",
+            "epochs=2",
+        ],
+        cwd=tmp_path,
+        env=subprocess_env(mlflow.get_tracking_uri()),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = client.search_runs([experiment_id])
@@ -67,8 +86,14 @@ def test_mlproject_main_entry_point(tracking, tmp_path):
     assert (params["imbalance_ratio"], params["dataset"], params["loss"]) == ("20", "digits", "cce")
     assert params["mcmetrics.task"] == "multiclass" and params["mcmetrics.from_logits"] == "True"
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "mcmetrics")}
-    assert {"mcmetrics/labels.json", "mcmetrics/confusion_matrix.png", "mcmetrics/pr_curves.png",
-            "mcmetrics/f1_by_epoch.png", "mcmetrics/classification_report.md", "mcmetrics/epochs"} <= artifacts
+    assert {
+        "mcmetrics/labels.json",
+        "mcmetrics/confusion_matrix.png",
+        "mcmetrics/pr_curves.png",
+        "mcmetrics/f1_by_epoch.png",
+        "mcmetrics/classification_report.md",
+        "mcmetrics/epochs",
+    } <= artifacts
     for prefix in ("", "val_", "test_"):
         assert {f"{prefix}f1/{c}" for c in range(10)} <= set(run.data.metrics)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_f1_macro")] == [0, 1]

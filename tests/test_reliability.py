@@ -11,10 +11,10 @@ import warnings
 import keras
 import mlflow
 import pytest
-
-import mlflow_mcmetrics
 from conftest import MlflowServer
 from test_readme import subprocess_env
+
+import mlflow_mcmetrics
 from mlflow_mcmetrics import MCMetricsCallback, MCMetricsWarning
 
 pytestmark = pytest.mark.slow
@@ -51,17 +51,36 @@ def own_server(tmp_path, monkeypatch):
 
 def fit_through_outage(digits, server, up):
     x, y, xv, yv = digits
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                  metrics=[mlflow_mcmetrics.ClassificationMetrics(10, pr_thresholds=64)])
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        metrics=[mlflow_mcmetrics.ClassificationMetrics(10, pr_thresholds=64)],
+    )
     callback = MCMetricsCallback(log_every_n_epochs=3)
     run = mlflow.start_run()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(x, y, validation_data=(xv, yv), epochs=EPOCHS, batch_size=256, verbose=0,
-                  callbacks=[Outage(server, down=2, up=up), callback])
-    return run.info.run_id, callback, [str(w.message) for w in caught if issubclass(w.category, MCMetricsWarning)]
+        model.fit(
+            x,
+            y,
+            validation_data=(xv, yv),
+            epochs=EPOCHS,
+            batch_size=256,
+            verbose=0,
+            callbacks=[Outage(server, down=2, up=up), callback],
+        )
+    return (
+        run.info.run_id,
+        callback,
+        [str(w.message) for w in caught if issubclass(w.category, MCMetricsWarning)],
+    )
 
 
 def assert_every_step_logged_once(client, run_id, history):
@@ -79,7 +98,9 @@ def test_server_down_for_two_epochs_loses_nothing(own_server, digits):
     client = mlflow.MlflowClient()
     assert_every_step_logged_once(client, run_id, callback.history)
     # Artifacts queued during the outage arrived too (epoch 3's JSON was logged while down).
-    matrix = mlflow.artifacts.load_dict(f"runs:/{run_id}/mcmetrics/epochs/0003/val_confusion_matrix.json")
+    matrix = mlflow.artifacts.load_dict(
+        f"runs:/{run_id}/mcmetrics/epochs/0003/val_confusion_matrix.json"
+    )
     assert matrix["epoch"] == 3
     assert not (own_server.root / "mcmetrics-spool").exists()  # everything was delivered: no spool
 
@@ -95,7 +116,14 @@ def test_server_never_back_spools_and_sync_delivers_exactly_once(own_server, dig
     own_server.start()
     mlflow.end_run()
 
-    command = [sys.executable, "-m", "mlflow_mcmetrics.cli", "sync", "--tracking-uri", own_server.uri]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow_mcmetrics.cli",
+        "sync",
+        "--tracking-uri",
+        own_server.uri,
+    ]
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert f"run {run_id}: {len(kinds)} record(s) delivered" in first.stdout
@@ -115,8 +143,10 @@ def test_replaying_a_spool_twice_logs_nothing_twice(own_server, tmp_path):
 
     with mlflow.start_run() as run:
         pass
-    records = [{"kind": "metrics", "metrics": [["val_f1/a", 0.5, 1000, 0], ["val_f1/a", 0.7, 2000, 1]]},
-               {"kind": "text", "artifact_file": "mcmetrics/x.json", "text": "{}"}]
+    records = [
+        {"kind": "metrics", "metrics": [["val_f1/a", 0.5, 1000, 0], ["val_f1/a", 0.7, 2000, 1]]},
+        {"kind": "text", "artifact_file": "mcmetrics/x.json", "text": "{}"},
+    ]
     for _ in range(2):
         _write_atomically(tmp_path / "spool" / f"{run.info.run_id}.jsonl", records)
         assert sync(own_server.uri, tmp_path / "spool") == {run.info.run_id: 2}
@@ -124,7 +154,7 @@ def test_replaying_a_spool_twice_logs_nothing_twice(own_server, tmp_path):
     assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.7)]
 
 
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import json, sys
     import numpy as np, keras, mlflow, mlflow_mcmetrics
     seed = int(sys.argv[1])
@@ -133,20 +163,35 @@ WORKER = textwrap.dedent('''
     y = (x[:, :3].argmax(1) + seed) % 3
     callback = mlflow_mcmetrics.MCMetricsCallback(class_names=["a", "b", "c"])
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation="softmax")])
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=[mlflow_mcmetrics.ClassificationMetrics(3)])
+    metric = mlflow_mcmetrics.ClassificationMetrics(3)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=[metric])
     with mlflow.start_run(run_name=f"worker {seed}") as run:
-        model.fit(x[:400], y[:400], validation_data=(x[400:], y[400:]), epochs=3, verbose=0, callbacks=[callback])
+        model.fit(x[:400], y[:400], validation_data=(x[400:], y[400:]), epochs=3, verbose=0,
+                  callbacks=[callback])
     print(json.dumps({"run_id": run.info.run_id, "history": callback.history}))
-''')
+""")
 
 
 def test_four_concurrent_trainings_each_log_only_their_own_values(tracking, tmp_path):
     client, experiment_id = tracking
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_EXPERIMENT_ID": experiment_id}
-    workers = [subprocess.Popen([sys.executable, str(script), str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env, cwd=tmp_path) for seed in range(4)]
+    env = {
+        **__import__("os").environ,
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+        "MLFLOW_EXPERIMENT_ID": experiment_id,
+    }
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        for seed in range(4)
+    ]
     outputs = [worker.communicate(timeout=600) for worker in workers]
     assert all(worker.returncode == 0 for worker in workers), [err[-1500:] for _, err in outputs]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
@@ -154,10 +199,12 @@ def test_four_concurrent_trainings_each_log_only_their_own_values(tracking, tmp_
     for result in results:
         for key, values in result["history"].items():
             logged = client.get_metric_history(result["run_id"], key)
-            assert [m.step for m in logged] == [0, 1, 2] and [m.value for m in logged] == values, key
+            assert [m.step for m in logged] == [0, 1, 2] and [m.value for m in logged] == values, (
+                key
+            )
 
 
-CRASHING_SCRIPT = textwrap.dedent('''
+CRASHING_SCRIPT = textwrap.dedent("""
     import keras, mlflow_mcmetrics
     from sklearn.datasets import load_digits
 
@@ -167,12 +214,12 @@ CRASHING_SCRIPT = textwrap.dedent('''
                 raise RuntimeError("a bug in the training script")
 
     x, y = load_digits(return_X_y=True)
-    mlflow_mcmetrics.autolog()
+    mlflow_mcmetrics.autolog(log_every_n_epochs=1)
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.fit(x[:1000] / 16, y[:1000], validation_data=(x[1000:] / 16, y[1000:]), epochs=4, verbose=0,
-              callbacks=[Crash()])
-''')
+    model.fit(x[:1000] / 16, y[:1000], validation_data=(x[1000:] / 16, y[1000:]), epochs=4,
+              verbose=0, callbacks=[Crash()])
+""")
 
 
 def test_a_script_that_dies_in_fit_keeps_its_epochs_and_its_run_ends_killed(tracking, tmp_path):
@@ -181,7 +228,9 @@ def test_a_script_that_dies_in_fit_keeps_its_epochs_and_its_run_ends_killed(trac
     script.write_text(CRASHING_SCRIPT)
     env = subprocess_env(mlflow.get_tracking_uri())
     env["MLFLOW_EXPERIMENT_ID"] = experiment_id
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode != 0 and "a bug in the training script" in result.stderr
     (run,) = client.search_runs([experiment_id])
     assert run.info.status == "KILLED"  # not FINISHED, as MLflow's exit handler would have it

@@ -82,7 +82,9 @@ def test_multiclass(tracking, digits, layout):
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
         model = dense_model(64, 10, "softmax")
-        loss = "sparse_categorical_crossentropy" if layout == "sparse" else "categorical_crossentropy"
+        loss = (
+            "sparse_categorical_crossentropy" if layout == "sparse" else "categorical_crossentropy"
+        )
     targets, val_targets = (np.eye(10)[y], np.eye(10)[yv]) if layout == "one-hot" else (y, yv)
     model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
     model.fit(x, targets, validation_data=(xv, val_targets), epochs=3, batch_size=128, verbose=0)
@@ -108,7 +110,9 @@ def test_binary_one_sigmoid_unit(tracking, digits):
 
     predicted = (model.predict(xv, verbose=0)[:, 0] > 0.5).astype(int)
     expected = expected_scores(yv, predicted, [0, 1], "val_")
-    expected = {k.replace("/0", "/rest").replace("/1", "/low digit"): v for k, v in expected.items()}
+    expected = {
+        k.replace("/0", "/rest").replace("/1", "/low digit"): v for k, v in expected.items()
+    }
     run_id = run_id_of_last_fit()
     assert_logged(client, run_id, expected, 2)
     assert client.get_run(run_id).data.params["mcmetrics.task"] == "binary"
@@ -121,7 +125,10 @@ def test_multilabel_with_logits(tracking):
     x, y, xv, yv = features[:1000], labels[:1000], features[1000:], labels[1000:]
     mlflow_mcmetrics.autolog()
     model = dense_model(30, 30, None, hidden=32)
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
     model.fit(x, y, validation_data=(xv, yv), epochs=3, batch_size=100, verbose=0)
 
     predicted = (model.predict(xv, verbose=0) > 0).astype(int)  # sigmoid(z) > 0.5
@@ -135,7 +142,9 @@ def test_padded_sequence_tagger_with_mask_and_ignore_class(tracking):
     """Seed 001: LSTM tagger on zero-padded sequences; class 0 is padding."""
     client, _ = tracking
     num_tags, vocab, length = 6, 40, 12
-    tokens, tags = datasets.padded_sequences(700, num_tags=num_tags, vocabulary=vocab, max_length=length, seed=1)
+    tokens, tags = datasets.padded_sequences(
+        700, num_tags=num_tags, vocabulary=vocab, max_length=length, seed=1
+    )
     x, y, xv, yv = tokens[:500], tags[:500], tokens[500:], tags[500:]
 
     mlflow_mcmetrics.autolog(ignore_class=0)
@@ -170,7 +179,9 @@ def test_training_split_with_learning_rate_zero(tracking, digits):
     x, y, xv, yv = digits
     mlflow_mcmetrics.autolog()
     model = dense_model(64, 10, "softmax")
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="sparse_categorical_crossentropy"
+    )
     with mlflow.start_run() as run:
         model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=100, verbose=0)
     expected = expected_scores(y, model.predict(x, verbose=0).argmax(-1), list(range(10)), "")
@@ -185,7 +196,9 @@ def test_jit_compile_gives_the_same_values(tracking, digits):
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True)
     model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0)
     predicted = model.predict(xv, verbose=0).argmax(-1)
-    assert_logged(client, run_id_of_last_fit(), expected_scores(yv, predicted, list(range(10)), "val_"), 2)
+    assert_logged(
+        client, run_id_of_last_fit(), expected_scores(yv, predicted, list(range(10)), "val_"), 2
+    )
 
 
 def test_mirrored_strategy_on_two_cpus(tracking, digits):
@@ -201,7 +214,9 @@ def test_mirrored_strategy_on_two_cpus(tracking, digits):
 
     run_id = run_id_of_last_fit()
     # The last validation pass, summed over replicas: every sample counted once.
-    logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/mcmetrics/epochs/0001/val_confusion_matrix.json")
+    logged = mlflow.artifacts.load_dict(
+        f"runs:/{run_id}/mcmetrics/epochs/0001/val_confusion_matrix.json"
+    )
     assert np.sum(logged["matrix"]) == len(yv)
     predicted = model.predict(xv, verbose=0).argmax(-1)
     np.testing.assert_array_equal(logged["matrix"], skm.confusion_matrix(yv, predicted))
@@ -221,12 +236,20 @@ def test_autolog_after_compile_and_user_arguments_untouched(tracking, digits):
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=user_metrics)
     mlflow_mcmetrics.autolog()
     history = model.fit(
-        x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0, callbacks=user_callbacks
+        x,
+        y,
+        validation_data=(xv, yv),
+        epochs=2,
+        batch_size=128,
+        verbose=0,
+        callbacks=user_callbacks,
     )
     assert user_metrics == ["accuracy"] and len(user_callbacks) == 1
     assert "val_f1_macro" in history.history and "val_accuracy" in history.history
     predicted = model.predict(xv, verbose=0).argmax(-1)
-    assert_logged(client, run_id_of_last_fit(), expected_scores(yv, predicted, list(range(10)), "val_"), 2)
+    assert_logged(
+        client, run_id_of_last_fit(), expected_scores(yv, predicted, list(range(10)), "val_"), 2
+    )
 
 
 def test_disable_undoes_the_patches(tracking, digits):
@@ -247,7 +270,9 @@ def test_early_stopping_on_val_f1_macro(tracking, digits):
     stopper = keras.callbacks.EarlyStopping(monitor="val_f1_macro", mode="max", patience=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(x, y, validation_data=(xv, yv), epochs=3, batch_size=128, verbose=0, callbacks=[stopper])
+        model.fit(
+            x, y, validation_data=(xv, yv), epochs=3, batch_size=128, verbose=0, callbacks=[stopper]
+        )
     assert not [w for w in caught if "val_f1_macro" in str(w.message)]  # "... not available"
     assert 0.0 < stopper.best <= 1.0
 
@@ -269,7 +294,15 @@ def test_manual_metric_and_callback_in_a_user_run(tracking, digits):
     )
     callback = MCMetricsCallback(class_names=names)
     with mlflow.start_run() as run:
-        model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0, callbacks=[callback])
+        model.fit(
+            x,
+            y,
+            validation_data=(xv, yv),
+            epochs=2,
+            batch_size=128,
+            verbose=0,
+            callbacks=[callback],
+        )
     predicted = model.predict(xv, verbose=0).argmax(-1)
     expected = expected_scores(yv, predicted, list(range(10)), "val_")
     expected = {k.replace("/", "/digit ") if "/" in k else k: v for k, v in expected.items()}

@@ -18,17 +18,23 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from PIL import Image
-
 from conftest import REPO_ROOT, _free_port
+from PIL import Image
 from test_project import mlflow_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 CHROMIUM = os.environ.get("MCMETRICS_CHROMIUM", "/usr/bin/chromium")
 # The flags that keep Chromium off the network it cannot reach here (and out of first-run UI).
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOTS = REPO_ROOT / "build" / "ui"
 LOSSES = ("cce", "logit_adjusted")
 
@@ -47,7 +53,10 @@ def require(available: bool, what: str) -> None:
 def postgres_server(tmp_path_factory):
     """``scripts/tracking-server.sh``: PostgreSQL and ``mlflow server`` on 127.0.0.1."""
     require(bool(glob.glob("/usr/lib/postgresql/*/bin/initdb")), "Debian's postgresql")
-    require(shutil.which("psql") is not None or bool(glob.glob("/usr/lib/postgresql/*/bin/psql")), "psql")
+    require(
+        shutil.which("psql") is not None or bool(glob.glob("/usr/lib/postgresql/*/bin/psql")),
+        "psql",
+    )
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -57,10 +66,19 @@ def postgres_server(tmp_path_factory):
     cluster = Path(tempfile.mkdtemp(prefix="mcmetrics-pg-"))
     cluster.chmod(0o755)
     port = _free_port()
-    env = dict(os.environ, MCMETRICS_SERVER_DIR=str(root), MCMETRICS_PG_DATA=str(cluster / "data"),
-               MLFLOW_PORT=str(port), PGPORT=str(_free_port()), MLFLOW_WORKERS="1", PYTHON=sys.executable)
+    env = dict(
+        os.environ,
+        MCMETRICS_SERVER_DIR=str(root),
+        MCMETRICS_PG_DATA=str(cluster / "data"),
+        MLFLOW_PORT=str(port),
+        PGPORT=str(_free_port()),
+        MLFLOW_WORKERS="1",
+        PYTHON=sys.executable,
+    )
     script = [str(REPO_ROOT / "scripts" / "tracking-server.sh")]
-    started = subprocess.run([*script, "start"], env=env, capture_output=True, text=True, timeout=300)
+    started = subprocess.run(
+        [*script, "start"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert started.returncode == 0, started.stderr
     assert started.stdout.strip() == f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}"
     yield f"http://127.0.0.1:{port}"
@@ -79,8 +97,11 @@ def run_comparison(tracking_uri: str, cwd: Path) -> tuple[str, dict[str, mlflow.
         mlflow_run(experiment_id, "compare", cwd, losses=",".join(LOSSES), epochs=2)
     finally:
         mlflow.set_tracking_uri(previous)
-    children = {run.data.params["loss"]: run for run in client.search_runs([experiment_id])
-                if "mlflow.parentRunId" in run.data.tags}
+    children = {
+        run.data.params["loss"]: run
+        for run in client.search_runs([experiment_id])
+        if "mlflow.parentRunId" in run.data.tags
+    }
     assert sorted(children) == sorted(LOSSES)
     return experiment_id, children
 
@@ -90,14 +111,19 @@ def postgres_comparison(postgres_server, tmp_path_factory):
     return run_comparison(postgres_server, tmp_path_factory.mktemp("compare-postgres"))
 
 
-def metric_histories(tracking_uri: str, run: mlflow.entities.Run) -> dict[str, list[tuple[int, float]]]:
+def metric_histories(
+    tracking_uri: str, run: mlflow.entities.Run
+) -> dict[str, list[tuple[int, float]]]:
     client = mlflow.MlflowClient(tracking_uri)
-    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-            for key in run.data.metrics}
+    return {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        for key in run.data.metrics
+    }
 
 
-def test_postgres_and_sqlite_stores_hold_identical_values(postgres_server, postgres_comparison, mlflow_server,
-                                                          tmp_path):
+def test_postgres_and_sqlite_stores_hold_identical_values(
+    postgres_server, postgres_comparison, mlflow_server, tmp_path
+):
     _, on_postgres = postgres_comparison
     _, on_sqlite = run_comparison(mlflow_server, tmp_path)
     for loss in LOSSES:
@@ -117,7 +143,9 @@ def browser():
         require(False, "playwright (pip install playwright; no browser download needed)")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+        )
         yield chromium
         chromium.close()
 
@@ -170,7 +198,9 @@ def test_ui_compares_the_losses_per_class(page, postgres_server, postgres_compar
     # `compare` nests one run per loss under a parent run: expand it, select both, compare.
     show_child_runs(page, f"{LOSSES[0]} seed 0")
     for loss in LOSSES:
-        page.get_by_role("row").filter(has_text=f"{loss} seed 0").get_by_role("checkbox").first.check()
+        page.get_by_role("row").filter(has_text=f"{loss} seed 0").get_by_role(
+            "checkbox"
+        ).first.check()
     page.get_by_role("button", name="Compare").click()
     page.get_by_text("Comparing 2 Runs from 1 Experiment").wait_for()
     close_assistant(page)
@@ -192,7 +222,9 @@ def test_ui_compares_the_losses_per_class(page, postgres_server, postgres_compar
     page.screenshot(path=SCREENSHOTS / "compare_runs.png")
 
     # The runs' chart view: one section per metric prefix, one chart per class, a line per run.
-    open_model_training_view(page, postgres_server, f"/experiments/{experiment_id}/runs?compareRunsMode=CHART")
+    open_model_training_view(
+        page, postgres_server, f"/experiments/{experiment_id}/runs?compareRunsMode=CHART"
+    )
     show_child_runs(page, f"{LOSSES[0]} seed 0")
     page.get_by_placeholder("Search metric charts").fill("val_f1/")
     section = page.get_by_text("val_f1", exact=True)  # the section header, "val_f1 (10)"
@@ -231,12 +263,15 @@ def test_ui_shows_a_runs_confusion_matrix(page, postgres_server, postgres_compar
     page.get_by_text("mcmetrics", exact=True).first.click()
     page.get_by_text("confusion_matrix.png", exact=True).click()
     # The preview is the logged PNG itself: an <img> of exactly its size, fully loaded.
-    local = mlflow.MlflowClient(postgres_server).download_artifacts(run_id, "mcmetrics/confusion_matrix.png", str(tmp_path))
+    local = mlflow.MlflowClient(postgres_server).download_artifacts(
+        run_id, "mcmetrics/confusion_matrix.png", str(tmp_path)
+    )
     with Image.open(local) as logged:
         width, height = logged.size
     page.wait_for_function(
         "([width, height]) => [...document.images].some("
-        "  image => image.complete && image.naturalWidth === width && image.naturalHeight === height)",
+        "  image => image.complete && image.naturalWidth === width && image.naturalHeight === "
+        "height)",
         arg=[width, height],
     )
     page.screenshot(path=SCREENSHOTS / "run_confusion_matrix.png")
