@@ -20,6 +20,8 @@ SCRIPTS = {
     "fit_overhead.py": "Epoch time of a real fit",
     "logging_cost.py": "Per-epoch logging cost",
     "memory.py": "State size and memory while streaming",
+    "mlproject_fit.py": "The MLproject's default fit, whole",
+    "many_classes.py": "One epoch with 2000 classes",
 }
 
 
@@ -36,6 +38,11 @@ def main() -> int:
         extra = ["--quick"] if args.quick and script == "update_cost.py" else []
         extra += (
             ["--epochs", "5", "--rounds", "1"] if args.quick and script == "fit_overhead.py" else []
+        )
+        extra += (
+            ["--rounds", "1"]
+            if args.quick and script in ("mlproject_fit.py", "many_classes.py")
+            else []
         )
         result = subprocess.run(
             [sys.executable, str(HERE / script), *extra], env=env, capture_output=True, text=True
