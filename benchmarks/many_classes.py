@@ -16,11 +16,9 @@ Printed: the median fit seconds and peak RSS of each, and ``ours / plain``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
-import tempfile
+
+from _children import run_interleaved
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -53,18 +51,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    results: dict[str, list[dict]] = {"plain": [], "ours": []}
-    for _ in range(args.rounds):
-        for condition in results:
-            with tempfile.TemporaryDirectory() as folder:
-                out = subprocess.run(
-                    [sys.executable, "-c", CHILD, condition, str(args.classes), folder],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                    cwd=folder,
-                )
-            results[condition].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    results = run_interleaved(CHILD, ("plain", "ours"), args.rounds, str(args.classes))
     median = {
         condition: {key: statistics.median(r[key] for r in runs) for key in ("seconds", "peak_mib")}
         for condition, runs in results.items()

@@ -13,11 +13,9 @@ artifacts included) and the median ratio to plain.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
-import tempfile
+
+from _children import run_interleaved
 
 CHILD = r"""
 import json, os, sys, time
@@ -55,18 +53,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    seconds: dict[str, list[float]] = {condition: [] for condition in CONDITIONS}
-    for _ in range(args.rounds):
-        for condition in CONDITIONS:
-            with tempfile.TemporaryDirectory() as folder:
-                out = subprocess.run(
-                    [sys.executable, "-c", CHILD, condition, str(args.epochs), folder],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                    cwd=folder,
-                )
-            seconds[condition].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+    results = run_interleaved(CHILD, CONDITIONS, args.rounds, str(args.epochs))
+    seconds = {condition: [run["seconds"] for run in runs] for condition, runs in results.items()}
     print(f"MLproject default fit, {args.epochs} epochs, {args.rounds} interleaved rounds")
     print("| condition | fit s per round | ratio to plain (median of per-round ratios) |")
     print("|---|---|---|")
