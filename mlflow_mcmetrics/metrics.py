@@ -93,9 +93,9 @@ class ExactCounts:
     one operation each. ``recent`` receives the updates; after each update, the whole
     multiples of :attr:`CARRY` in a touched cell move to ``carried``. ``carried`` holds only
     multiples of 2**12 (exact up to 2**36) and ``recent`` stays below 2**12 plus one batch
-    (integer counts there are exact; a fractional weight is rounded at most 2**-12
-    absolute). A count is ``carried + recent`` in float64 on the host: exact integers up to
-    2**36 per cell, where a float32 counter stops at 2**24.
+    (integer counts there are exact; fractional weights round as a float32 sum of that much,
+    not of the whole count). A count is ``carried + recent`` in float64 on the host: exact
+    integers up to 2**36 per cell, where a float32 counter stops at 2**24.
 
     Args:
         metric: the metric that owns the variables.
