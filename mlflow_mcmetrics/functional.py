@@ -257,24 +257,26 @@ def merge_states(*states: ClassificationState) -> ClassificationState:
 
 # -- compute -------------------------------------------------------------------------------------
 def stat_scores_from_confusion_matrix(
-    confusion_matrix: np.ndarray,
+    confusion_matrix: np.ndarray, xp: Any = np
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class true positives, predicted positives and actual positives (support).
 
-    Accepts a multiclass ``(C, C)`` or a multilabel ``(C, 2, 2)`` confusion matrix.
+    Accepts a multiclass ``(C, C)`` or a multilabel ``(C, 2, 2)`` confusion matrix, in the
+    array namespace ``xp`` (the Keras metric's ``result()`` passes ``keras.ops``).
 
     >>> stat_scores_from_confusion_matrix(np.array([[3, 1], [2, 4]]))
     (array([3., 4.]), array([5., 5.]), array([4., 6.]))
     """
-    confusion_matrix = np.asarray(confusion_matrix, dtype=np.float64)
-    if confusion_matrix.ndim == 3:
+    if xp is np:
+        confusion_matrix = np.asarray(confusion_matrix, dtype=np.float64)
+    if len(confusion_matrix.shape) == 3:
         true_positives = confusion_matrix[:, 1, 1]
         predicted = true_positives + confusion_matrix[:, 0, 1]
         support = true_positives + confusion_matrix[:, 1, 0]
     else:
-        true_positives = np.diagonal(confusion_matrix)
-        predicted = confusion_matrix.sum(axis=0)
-        support = confusion_matrix.sum(axis=1)
+        true_positives = xp.diagonal(confusion_matrix)
+        predicted = xp.sum(confusion_matrix, axis=0)
+        support = xp.sum(confusion_matrix, axis=1)
     return true_positives, predicted, support
 
 

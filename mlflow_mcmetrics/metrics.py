@@ -281,11 +281,13 @@ class ClassificationMetrics(keras.metrics.Metric):
             "confusion_matrix": (num_classes, 2, 2)
             if task == "multilabel"
             else (num_classes, num_classes),
-            # [true positives, predicted, support] per class: result() in O(C) every step.
-            "stat_scores": (3, num_classes),
             # [labels outside the valid range, predictions with NaN/inf], both left out.
             "rejected": (2,),
         }
+        if task != "multilabel":
+            # [true positives, predicted, support] per class, so that result() is O(C) every
+            # step (a multilabel confusion matrix is O(C) already and holds them).
+            segments["stat_scores"] = (3, num_classes)
         if self.pr_thresholds:
             # Bins before classes, unlike functional's (2, C, T): a batch's scores bunch in a
             # few bins across all classes, so its cells share cache lines (T=16384 costs as 200).
@@ -347,42 +349,26 @@ class ClassificationMetrics(keras.metrics.Metric):
         if self.task == "multilabel":
             # labels, predicted: (R, C) 0/1
             class_weights = ops.broadcast_to(row_weights, ops.shape(labels))
-            confusion = classes * 4 + labels * 2 + predicted
-            confusion_weights = class_weights
-            stat_cells = ops.stack(
-                [
-                    classes + 0 * labels,
-                    num_classes + classes + 0 * labels,
-                    2 * num_classes + classes + 0 * labels,
-                ]
-            )
-            stat_weights = ops.stack(
-                [
-                    class_weights * ops.cast(labels * predicted, "float32"),
-                    class_weights * ops.cast(predicted, "float32"),
-                    class_weights * ops.cast(labels, "float32"),
-                ]
-            )
+            cells = {"confusion_matrix": classes * 4 + labels * 2 + predicted}
+            cell_weights = {"confusion_matrix": class_weights}
             positive = labels
         else:
             # labels, predicted: (R,) class indices
-            confusion = labels * num_classes + predicted
-            confusion_weights = weights
-            stat_cells = ops.stack([labels, num_classes + predicted, 2 * num_classes + labels])
-            stat_weights = ops.stack(
-                [weights * ops.cast(labels == predicted, "float32"), weights, weights]
-            )
+            cells = {
+                "confusion_matrix": labels * num_classes + predicted,
+                "stat_scores": ops.stack(
+                    [labels, num_classes + predicted, 2 * num_classes + labels]
+                ),
+            }
+            cell_weights = {
+                "confusion_matrix": weights,
+                "stat_scores": ops.stack(
+                    [weights * ops.cast(labels == predicted, "float32"), weights, weights]
+                ),
+            }
             positive = ops.cast(ops.expand_dims(labels, -1) == classes, "int32")
-        cells = {
-            "confusion_matrix": confusion,
-            "stat_scores": stat_cells,
-            "rejected": ops.arange(2, dtype="int32"),
-        }
-        cell_weights = {
-            "confusion_matrix": confusion_weights,
-            "stat_scores": stat_weights,
-            "rejected": rejected,
-        }
+        cells["rejected"] = ops.arange(2, dtype="int32")
+        cell_weights["rejected"] = rejected
         if self.pr_thresholds:
             num_bins = self.pr_thresholds
             bins = ops.clip(ops.cast(ops.floor(scores * num_bins), "int32"), 0, num_bins - 1)
@@ -398,7 +384,15 @@ class ClassificationMetrics(keras.metrics.Metric):
     def result(self):
         """Macro F1 over :attr:`scored_labels`, as scikit-learn's ``f1_score(average="macro")``."""
         scored = ops.convert_to_tensor(self.scored_labels, dtype="int32")
-        stat_scores = ops.take(self._counts.read("stat_scores"), scored, axis=1)
+        if self.task == "multilabel":
+            stat_scores = ops.stack(
+                functional.stat_scores_from_confusion_matrix(
+                    self._counts.read("confusion_matrix"), xp=ops
+                )
+            )
+        else:
+            stat_scores = self._counts.read("stat_scores")
+        stat_scores = ops.take(stat_scores, scored, axis=1)
         true_positives, predicted, support = stat_scores[0], stat_scores[1], stat_scores[2]
         return functional.f1_macro_from_stat_scores(
             true_positives, predicted, support, self.zero_division, xp=ops
