@@ -118,6 +118,7 @@ class RenderProcess:
             process.stdin.close()
         except OSError:
             process.kill()
+        process.stdout.close()  # nothing more is read from it
 
 
 def main() -> None:
