@@ -43,6 +43,7 @@ class Progress(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         print(f"epoch {{epoch}} at {{time.time()}}", flush=True)
     def on_epoch_end(self, epoch, logs=None):
+        print(f"pausing after epoch {{epoch}}", flush=True)
         time.sleep({pause})
 
 x, y = load_digits(return_X_y=True)
@@ -287,18 +288,21 @@ def test_a_signal_mid_fit_ends_the_run_killed_with_its_epochs(tmp_path, mlflow_s
         env=child_env(mlflow_server),
     )
     try:
+        # Signalled in the user's callback rather than at an epoch's start: there Keras drops
+        # the last epoch's dataset iterator, and a KeyboardInterrupt raised inside its __del__
+        # is one Python prints and ignores (seen once in CI), for any program.
         for line in child.stdout:
-            if line.startswith("epoch 3 "):
+            if line.startswith("pausing after epoch 3"):
                 break
         sent = time.monotonic()
         child.send_signal(signum)
-        child.wait(timeout=60)
+        _, err = child.communicate(timeout=60)
         took = time.monotonic() - sent
     finally:
         child.kill()
     assert child.returncode in (
         (-signal.SIGTERM, 143) if signum == signal.SIGTERM else (1, -signal.SIGINT, 130)
-    )
+    ), err[-3000:]
     assert took < 15
     client = mlflow.MlflowClient(mlflow_server)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
