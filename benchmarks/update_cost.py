@@ -1,6 +1,6 @@
 """Cost of one metric update per batch, as ratios against baselines timed in this run.
 
-    python benchmarks/update_cost.py [--quick]
+    python benchmarks/update_cost.py [--quick] [--bins-only | --calibration-only]
 
 For C in {10, 100, 1000} classes, batches of 256 and 4096 softmax predictions, it times one
 ``update_state`` inside a compiled function (``tf.function`` and XLA on TensorFlow,
@@ -13,6 +13,10 @@ For C in {10, 100, 1000} classes, batches of 256 and 4096 softmax predictions, i
   num_labels=C, num_thresholds=200)`` together (TensorFlow only);
 * ``torchmetrics``: ``MulticlassPrecisionRecallCurve(thresholds=200)`` +
   ``MulticlassF1Score(average=None)`` on the CPU, when torch and torchmetrics are installed.
+
+``--bins-only`` times the update against the number of bins T; ``--calibration-only`` the
+update with and without the calibration counts (expected calibration error) against the batch
+size.
 
 Each cell is the median over repeats of the mean time of a loop of calls, after a warm-up.
 On JAX our updates are timed under ``jax.transfer_guard("disallow")``: a host-device transfer
@@ -174,6 +178,37 @@ def bins_table(args, xla: bool, mode: str) -> None:
             )
 
 
+class _WithoutCalibration(ClassificationMetrics):
+    """The metric less its calibration counts (an empty scatter): the baseline for their cost."""
+
+    @staticmethod
+    def _calibration_cells(labels, scores, weights):
+        return ops.zeros((3, 0), "int32"), ops.zeros((3, 0), "float32")
+
+
+def calibration_table(args, xla: bool, mode: str) -> None:
+    """The cost of the calibration counts (3 cells per row, for ECE) against batch size:
+    the update with them / without them, at the default T."""
+    rng = np.random.default_rng(2)
+    print("\n| mode | C | batch | without ms | with calibration ms | ratio |")
+    print("|---|---|---|---|---|---|")
+    for num_classes in (10, 1000):
+        for batch in (32, 256, 4096):
+            labels = ops.convert_to_tensor(rng.integers(0, num_classes, batch))
+            logits = rng.normal(size=(batch, num_classes)).astype("float32")
+            scores = ops.convert_to_tensor(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+            calls = 20 if args.quick or num_classes * batch > 10**5 else 200
+            without, with_ = (
+                _time_ours(metric_class(num_classes), labels, scores, xla, calls)
+                for metric_class in (_WithoutCalibration, ClassificationMetrics)
+            )
+            print(
+                f"| {mode} | {num_classes} | {batch} | {without * 1e3:.3f} | {with_ * 1e3:.3f} "
+                f"| {with_ / without:.2f} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer calls per cell")
@@ -182,6 +217,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--bins-only", action="store_true", help="only the cost against the number of bins"
+    )
+    parser.add_argument(
+        "--calibration-only", action="store_true", help="only the cost of the calibration counts"
     )
     args = parser.parse_args()
     backend = keras.backend.backend()
@@ -193,8 +231,11 @@ def main() -> None:
     if backend == "jax":
         print("our updates run under jax.transfer_guard('disallow'): no host-device transfer")
     for mode, xla in modes:
-        bins_table(args, xla, mode)
-    if args.bins_only:
+        if not args.calibration_only:
+            bins_table(args, xla, mode)
+        if not args.bins_only:
+            calibration_table(args, xla, mode)
+    if args.bins_only or args.calibration_only:
         return
     print(
         "| mode | C | batch | floor ms | ours cm ms | ours full ms | keras F1+AUC ms | "

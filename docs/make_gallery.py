@@ -65,6 +65,13 @@ def pr_figure(state, names, title):
     )
 
 
+def save_roc_and_calibration(state, names, title, suffix):
+    scores = functional.classification_scores(state)
+    figures = plots.plot_roc_and_calibration(state, scores, names, range(len(names)), title=title)
+    for stem, figure in figures.items():
+        save(figure, f"{stem}_{suffix}.png")
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     names, state, f1_by_epoch = digits_cnn()
@@ -79,6 +86,7 @@ def main():
         plots.plot_f1_by_epoch(f1_by_epoch, names, title="F1 by class, every 2 epochs"),
         "f1_by_epoch_10.png",
     )
+    save_roc_and_calibration(state, names, "digits, imbalance ratio 20, validation", "10")
     rng = np.random.default_rng(0)
     state_100 = synthetic(100, rng)
     names_100 = [f"class {i}" for i in range(100)]
@@ -89,6 +97,7 @@ def main():
         "confusion_matrix_100.png",
     )
     save(pr_figure(state_100, names_100, "100 classes (synthetic)"), "pr_curves_100.png")
+    save_roc_and_calibration(state_100, names_100, "100 classes (synthetic)", "100")
 
 
 if __name__ == "__main__":

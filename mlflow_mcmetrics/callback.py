@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 import keras
 import numpy as np
 
-from mlflow_mcmetrics import functional, report
+from mlflow_mcmetrics import functional, pages, report
 from mlflow_mcmetrics.events import guarded, warn
 from mlflow_mcmetrics.metrics import ClassificationMetrics
 from mlflow_mcmetrics.naming import class_key_components, metric_key
@@ -99,7 +99,7 @@ def metric_scores(state: functional.ClassificationState, metric: ClassificationM
     """:func:`functional.classification_scores` of ``state`` with ``metric``'s scored classes
     and ``zero_division``: what the callback logs for a split."""
     return functional.classification_scores(
-        state, labels=metric.scored_labels, zero_division=metric.zero_division
+        state, labels=metric.scored_labels, zero_division=metric.zero_division, task=metric.task
     )
 
 
@@ -137,6 +137,7 @@ class _OutputLog:
     f1_by_epoch: dict[str, list[np.ndarray]] = dataclasses.field(
         default_factory=lambda: defaultdict(list)
     )
+    dashboard_epochs: list[dict] = dataclasses.field(default_factory=list)
 
     def prefix(self, split: str) -> str:
         """Key prefix of a split, as Keras prefixes its logs: ``val_``, ``val_{output}_``."""
@@ -394,13 +395,36 @@ class MCMetricsCallback(keras.callbacks.Callback):
             if epoch == 0:
                 record["after_model"] = self._model_id
         outbox.put(record)
-        if self._artifacts_due(epoch):
+        artifacts_due = self._artifacts_due(epoch)
+        for output, result in results:
+            self._record_for_dashboard(output, result, curves=artifacts_due)
+        if artifacts_due:
             self._last_artifacts = time.monotonic()
             for output, result in results:
                 self._log_epoch_json(output, result)
             idle = self._rendering is None or self._rendering.done()
             if idle and time.monotonic() >= self._next_render:
                 self._rendering = self._renderer.submit(self._log_epoch_images, results)
+
+    @staticmethod
+    def _record_for_dashboard(output: _OutputLog, result: _EpochResult, curves: bool) -> None:
+        """Keep this epoch's compact view of the report split for ``dashboard.html``: sparse
+        matrix and scores every epoch (O(C^2) at most), curves with the epoch's artifacts."""
+        split = result.report_split
+        train = result.states.get("train")
+        output.dashboard_epochs.append(
+            pages.epoch_record(
+                result.epoch,
+                split,
+                result.states[split],
+                result.scores[split],
+                output.metric.scored_labels,
+                curves=curves,
+                train_support=None
+                if train is None
+                else functional.stat_scores_from_confusion_matrix(train.confusion_matrix)[2],
+            )
+        )
 
     def _artifacts_due(self, epoch: int) -> bool:
         if self.log_every_n_epochs != "auto":
@@ -483,25 +507,19 @@ class MCMetricsCallback(keras.callbacks.Callback):
                     f"{folder}/{split}_confusion_matrix.json",
                 )
             if state.score_histogram is not None:
-                self._log_json(
-                    functools.partial(
-                        report.pr_curves_payload,
-                        state,
-                        output.class_names,
-                        labels,
-                        result.scores[split],
-                    ),
-                    f"{folder}/{split}_pr_curves.json",
-                )
+                for stem, payload in report.CURVE_PAYLOADS.items():
+                    self._log_json(
+                        functools.partial(
+                            payload, state, output.class_names, labels, result.scores[split]
+                        ),
+                        f"{folder}/{split}_{stem}.json",
+                    )
         result.json_logged = True
 
     def _draw(self, output: _OutputLog, result: _EpochResult) -> dict[str, np.ndarray]:
         """The report split's confusion-matrix and PR-curve images, by artifact stem, drawn
         in the render process (see :mod:`mlflow_mcmetrics.render`)."""
         split = result.report_split
-        title = f"{'Validation' if split == 'val' else 'Training'}, epoch {result.epoch}"
-        if output.name:
-            title = f"{output.name}: {title}"
         return self._render_process.draw(
             figure="plot_state",
             state=result.states[split],
@@ -509,9 +527,15 @@ class MCMetricsCallback(keras.callbacks.Callback):
             class_names=output.class_names,
             labels=output.metric.scored_labels,
             zero_division=output.metric.zero_division,
-            title=title,
+            title=self._title(output, result),
             confusion_matrix=self.confusion_matrix,
         )
+
+    @staticmethod
+    def _title(output: _OutputLog, result: _EpochResult) -> str:
+        split = result.report_split
+        title = f"{'Validation' if split == 'val' else 'Training'}, epoch {result.epoch}"
+        return f"{output.name}: {title}" if output.name else title
 
     @guarded("draw this epoch's images")
     def _log_epoch_images(self, results: list[tuple[_OutputLog, _EpochResult]]) -> None:
@@ -547,7 +571,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
             result.images = self._draw(output, result)
         images = dict(result.images)
         split = result.report_split
-        names = [output.class_names[label] for label in output.metric.scored_labels]
+        labels = output.metric.scored_labels
+        names = [output.class_names[label] for label in labels]
         images.update(
             self._render_process.draw(
                 figure="plot_f1_by_epoch",
@@ -556,6 +581,18 @@ class MCMetricsCallback(keras.callbacks.Callback):
                 title=f"F1 by class and epoch ({split})",
             )
         )
+        scores = result.scores[split]
+        if result.states[split].score_histogram is not None:
+            images.update(
+                self._render_process.draw(
+                    figure="plot_roc_and_calibration",
+                    state=result.states[split],
+                    scores=scores,
+                    class_names=output.class_names,
+                    labels=labels,
+                    title=self._title(output, result),
+                )
+            )
         outbox = self._fit_run.outbox
         for stem, image in images.items():
             outbox.put(
@@ -565,12 +602,23 @@ class MCMetricsCallback(keras.callbacks.Callback):
                     "png": _png_base64(image),
                 }
             )
+        if "threshold" in scores:
+            outbox.put(
+                {
+                    "kind": "text",
+                    "artifact_file": f"{output.artifact_dir}/thresholds.json",
+                    "text": json.dumps(
+                        report.thresholds_payload(output.class_names, scores, result.epoch, split),
+                        indent=2,
+                    ),
+                }
+            )
         document = report.classification_report(
             result.states[split],
             output.class_names,
-            labels=output.metric.scored_labels,
+            labels=labels,
             zero_division=output.metric.zero_division,
-            scores=result.scores[split],
+            scores=scores,
         )
         document.update(epoch=result.epoch, split=split)
         outbox.put(
@@ -588,6 +636,32 @@ class MCMetricsCallback(keras.callbacks.Callback):
                 "kind": "text",
                 "artifact_file": f"{output.artifact_dir}/classification_report.md",
                 "text": markdown,
+            }
+        )
+        self._log_dashboard(output, result)
+
+    def _log_dashboard(self, output: _OutputLog, result: _EpochResult) -> None:
+        """``dashboard.html`` of the epochs recorded, the last one with its curves."""
+        records = output.dashboard_epochs
+        if not records or records[-1]["epoch"] != result.epoch:
+            return
+        split = result.report_split
+        if "curves" not in records[-1]:
+            pages.add_curves(records[-1], result.states[split], output.metric.scored_labels)
+        metric = output.metric
+        data = pages.dashboard_data(
+            "Per-class scores" + (f" — output {output.name}" if output.name else ""),
+            output.class_names,
+            metric.scored_labels,
+            metric.task,
+            records,
+            ignore_class=metric.ignore_class,
+        )
+        self._fit_run.outbox.put(
+            {
+                "kind": "text",
+                "artifact_file": f"{output.artifact_dir}/dashboard.html",
+                "text": pages.dashboard_html(data),
             }
         )
 

@@ -68,15 +68,18 @@ def _log_missing_params(params: dict) -> None:
 
 
 def _test_scores(model, x_test, y_test, class_names, prefix="test_") -> dict[str, float]:
-    """Score the test split (softmax outputs) and log its ``test_*`` values."""
+    """Score the test split (the CNN outputs logits: softmax first) and log its ``test_*``
+    values."""
     import mlflow
+    from scipy.special import softmax
 
     from mlflow_mcmetrics import functional
     from mlflow_mcmetrics.naming import class_key_components
     from mlflow_mcmetrics.report import metric_values
 
+    probabilities = softmax(model.predict(x_test, verbose=0).astype("float64"), axis=1)
     state = functional.state_from_predictions(
-        y_test, model.predict(x_test, verbose=0), num_bins=functional.DEFAULT_PR_THRESHOLDS
+        y_test, probabilities, num_bins=functional.DEFAULT_PR_THRESHOLDS
     )
     labels = list(range(len(class_names)))
     values = metric_values(
@@ -160,7 +163,18 @@ def train(
         return run.info.run_id, test
 
 
-def _log_comparison(table: dict, title: str) -> None:
+def _comparison_page(
+    table: dict, title: str, run_ids: dict[str, list[str]], train_counts: dict | None
+) -> str:
+    from mlflow_mcmetrics import pages
+
+    data = pages.comparison_data(table, run_ids, title=title, train_counts=train_counts)
+    return pages.comparison_html(data)
+
+
+def _log_comparison(
+    table: dict, title: str, run_ids: dict[str, list[str]], train_counts: dict[str, int]
+) -> None:
     import mlflow
 
     from mlflow_mcmetrics import plots, report
@@ -168,6 +182,9 @@ def _log_comparison(table: dict, title: str) -> None:
     mlflow.log_text(report.comparison_to_csv(table), "comparison/comparison.csv")
     mlflow.log_text(report.comparison_to_markdown(table), "comparison/comparison.md")
     mlflow.log_figure(plots.plot_comparison(table, title=title), "comparison/comparison.png")
+    mlflow.log_text(
+        _comparison_page(table, title, run_ids, train_counts), "comparison/comparison.html"
+    )
 
 
 def compare_losses(
@@ -185,12 +202,18 @@ def compare_losses(
 
     _check_choices(losses_to_compare, dataset)
     import mlflow
+    import numpy as np
 
     from mlflow_mcmetrics import report
     from mlflow_mcmetrics.naming import class_key_components
 
-    class_names = datasets.load(dataset, imbalance_ratio=imbalance_ratio, seed=0).class_names
+    data = datasets.load(dataset, imbalance_ratio=imbalance_ratio, seed=0)
+    class_keys = class_key_components(data.class_names)
+    train_counts = dict(
+        zip(class_keys, np.bincount(data.y_train, minlength=len(class_keys)).tolist(), strict=True)
+    )
     results = []
+    run_ids: dict[str, list[str]] = {}
     with mlflow.start_run():
         _log_missing_params(
             {
@@ -203,7 +226,7 @@ def compare_losses(
         )
         for seed in range(seeds):
             for name in losses_to_compare:
-                _, test = train(
+                run_id, test = train(
                     dataset,
                     name,
                     imbalance_ratio,
@@ -214,10 +237,13 @@ def compare_losses(
                     verbose=0,
                 )
                 results.append((name, test))
-        table = report.comparison_table(results, class_key_components(class_names), "test_")
+                run_ids.setdefault(name, []).append(run_id)
+        table = report.comparison_table(results, class_keys, "test_")
         _log_comparison(
             table,
             f"{dataset}, imbalance ratio {imbalance_ratio:g}: test F1 per class, {seeds} seed(s)",
+            run_ids,
+            train_counts,
         )
     print(report.comparison_to_markdown(table), flush=True)
     return table
@@ -256,21 +282,41 @@ def compare_experiment(experiment: str, output: str = "comparison", group_by: st
     class_keys = [
         entry["key"] for entry in labels["labels"] if entry["index"] != labels.get("ignore_class")
     ]
-    results = [
-        (run.data.params.get(group_by, run.info.run_name), run.data.metrics)
-        for run in sorted(runs, key=lambda r: r.info.start_time)
-    ]
+    runs = sorted(runs, key=lambda r: r.info.start_time)
+    results = [(run.data.params.get(group_by, run.info.run_name), run.data.metrics) for run in runs]
+    run_ids: dict[str, list[str]] = {}
+    for (group, _), run in zip(results, runs, strict=True):
+        run_ids.setdefault(group, []).append(run.info.run_id)
     table = report.comparison_table(results, class_keys, prefix)
+    title = f"{experiment}: {prefix}F1 per class"
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "comparison.csv").write_text(report.comparison_to_csv(table))
     (folder / "comparison.md").write_text(report.comparison_to_markdown(table))
-    plots.plot_comparison(table, title=f"{experiment}: {prefix}F1 per class").savefig(
-        folder / "comparison.png", dpi=100
+    plots.plot_comparison(table, title=title).savefig(folder / "comparison.png", dpi=100)
+    (folder / "comparison.html").write_text(
+        _comparison_page(table, title, run_ids, _train_counts(runs[0].info.run_id, labels)),
+        encoding="utf-8",
     )
     print(report.comparison_to_markdown(table), flush=True)
-    print(f"wrote {folder}/comparison.csv, comparison.md, comparison.png", flush=True)
+    print(
+        f"wrote {folder}/comparison.csv, comparison.md, comparison.png, comparison.html",
+        flush=True,
+    )
     return table
+
+
+def _train_counts(run_id: str, labels: dict) -> dict[str, int] | None:
+    """The training samples per class key of a run that logged ``train_class_counts.json``
+    (the MLproject's runs do), else None."""
+    import mlflow
+
+    try:
+        counts = mlflow.artifacts.load_dict(f"runs:/{run_id}/train_class_counts.json")
+    except Exception:  # noqa: BLE001 - not an MLproject run: the page goes without counts
+        return None
+    keys = {entry["name"]: entry["key"] for entry in labels["labels"]}
+    return {keys[name]: count for name, count in counts.items() if name in keys}
 
 
 def sequence(epochs: int = 10, seed: int = 0) -> str:

@@ -7,12 +7,15 @@ MLproject's runs on the same terms::
                            evaluators=["mcmetrics"], evaluator_config={"class_names": names})
 
 It logs ``test_precision/{class}``, ``test_recall/{class}``, ``test_f1/{class}``,
-``test_ap/{class}`` and the averages (``test_f1_macro`` ...), exactly the keys the MLproject
-logs for its test split, and ``mcmetrics/test/`` (confusion matrix and PR curves as JSON and
-PNG, the classification report) plus ``mcmetrics/labels.json``. The model is asked for class
-scores where it has them (``predict_proba`` of a scikit-learn classifier, a Keras model's
-softmax or sigmoid output), so AP and PR curves come with it; a model that only returns
-labels gets precision, recall and F1 only.
+``test_ap/{class}``, ``test_roc_auc/{class}``, the averages and agreement scores
+(``test_f1_macro``, ``test_balanced_accuracy``, ``test_mcc``, ``test_cohen_kappa``,
+``test_ece`` ...) and, for a binary model, ``test_threshold/{class}`` — exactly the keys the
+MLproject logs for its test split — and ``mcmetrics/test/`` (confusion matrix, PR and ROC
+curves, reliability curves as JSON and PNG, the classification report, binary:
+``thresholds.json``) plus ``mcmetrics/labels.json``. The model is asked for class scores
+where it has them (``predict_proba`` of a scikit-learn classifier, a Keras model's softmax
+or sigmoid output), so the curve-based scores come with it; a model that only returns labels
+gets precision, recall, F1 and the agreement scores only.
 
 Registered under the entry point group ``mlflow.model_evaluator`` as ``mcmetrics``. Keras and
 TensorFlow are not imported here.
@@ -135,7 +138,7 @@ class MCMetricsEvaluator(ModelEvaluator):
         state = _state(config, predicted, _class_indices(y_true, label_list, "target"), label_list)
         labels = list(range(len(label_list)))
         scores = functional.classification_scores(
-            state, labels=labels, zero_division=config.zero_division
+            state, labels=labels, zero_division=config.zero_division, task=predicted.task
         )
         class_keys = class_key_components(class_names)
         values = report.metric_values(scores, labels, class_keys, f"{config.split}_")
@@ -266,8 +269,11 @@ def _log_artifacts(client, run_id, config, state, scores, class_names, class_key
         ),
     }
     if state.score_histogram is not None:
-        texts["pr_curves.json"] = json.dumps(
-            report.pr_curves_payload(state, class_names, labels, scores)
+        for stem, payload in report.CURVE_PAYLOADS.items():
+            texts[f"{stem}.json"] = json.dumps(payload(state, class_names, labels, scores))
+    if "threshold" in scores:
+        texts["thresholds.json"] = json.dumps(
+            report.thresholds_payload(class_names, scores, None, config.split), indent=2
         )
     client.log_text(
         run_id,
@@ -284,6 +290,10 @@ def _log_artifacts(client, run_id, config, state, scores, class_names, class_key
     figures = plots.plot_state(
         state, scores, class_names, labels, zero_division=config.zero_division, title=config.split
     )
+    if state.score_histogram is not None:
+        figures.update(
+            plots.plot_roc_and_calibration(state, scores, class_names, labels, title=config.split)
+        )
     for stem, figure in figures.items():
         client.log_figure(run_id, figure, f"{folder}/{stem}.png")
         artifacts[f"{stem}.png"] = ImageEvaluationArtifact(

@@ -12,6 +12,11 @@ The state of one split is a :class:`ClassificationState`:
 * ``score_histogram``: ``(2, C, T)`` or ``None``; ``[1, c, b]`` counts the samples that are
   positive for class ``c`` with score in bin ``b``, ``[0, c, b]`` the negatives. Bin ``b`` holds
   scores in ``[b / T, (b + 1) / T)`` (see :func:`score_bins`); the last bin also holds 1.0.
+* ``calibration``: ``(3, B)`` or ``None`` (multiclass and binary, kept beside the histogram):
+  per bin of top-label confidence (the largest class score, ``B`` equal-width bins as
+  :func:`score_bins`), the weighted count of samples, of correctly classified samples (argmax
+  equals the label) and the sum of their confidences: what expected calibration error needs,
+  exactly.
 
 The functions are split like torchmetrics' functional API: *update* (predictions -> state,
 :func:`state_from_predictions`, one formatter per task) and *compute* (state -> numbers, named
@@ -39,18 +44,28 @@ from scipy.special import digamma
 from mlflow_mcmetrics.validation import TASKS, check_arguments
 
 __all__ = [
+    "CALIBRATION_BINS",
     "DEFAULT_PR_THRESHOLDS",
     "TASKS",
     "ClassificationState",
+    "agreement_scores_from_confusion_matrix",
     "average_precision_from_histogram",
+    "calibration_state",
     "classification_scores",
+    "expected_calibration_error",
     "f1_macro_from_stat_scores",
+    "f1_optimal_threshold_from_histogram",
     "merge_states",
     "precision_recall_curve_from_histogram",
     "precision_recall_f1_from_confusion_matrix",
+    "reliability_bins",
+    "reliability_curve_from_histogram",
+    "roc_auc_from_histogram",
+    "roc_curve_from_histogram",
     "score_bins",
     "stat_scores_from_confusion_matrix",
     "state_from_predictions",
+    "top_label_reliability",
 ]
 
 Task = Literal["multiclass", "binary", "multilabel"]
@@ -64,6 +79,9 @@ Average = Literal["micro", "macro", "weighted"] | None
 #: for 1000 classes).
 DEFAULT_PR_THRESHOLDS = 4096
 
+#: Equal-width confidence bins of the expected calibration error (Guo et al. 2017).
+CALIBRATION_BINS = 15
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassificationState:
@@ -71,6 +89,7 @@ class ClassificationState:
 
     confusion_matrix: np.ndarray
     score_histogram: np.ndarray | None = None
+    calibration: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -198,6 +217,11 @@ def state_from_predictions(
     """
     check_arguments(task=task, threshold=threshold, pr_thresholds=num_bins)
     y_score = np.asarray(y_score, dtype=np.float64)
+    if np.any((y_score < 0) | (y_score > 1)):
+        raise ValueError(
+            "y_score must hold probabilities in [0, 1]; for logits apply softmax (multiclass) "
+            "or sigmoid (binary, multilabel) first."
+        )
     if y_score.ndim == 1:
         y_score = y_score[:, None]
     num_samples = y_score.shape[0]
@@ -243,15 +267,44 @@ def state_from_predictions(
             weights=np.repeat(weights, num_classes),
             minlength=2 * num_classes * num_bins,
         ).reshape(2, num_classes, num_bins)
-    return ClassificationState(confusion.reshape(confusion_shape), histogram)
+    calibration = None
+    if num_bins and task != "multilabel":
+        calibration = calibration_state(
+            np.argmax(positive, axis=1), y_score, weights, CALIBRATION_BINS
+        )
+    return ClassificationState(confusion.reshape(confusion_shape), histogram, calibration)
+
+
+def calibration_state(
+    y_true: np.ndarray, y_score: np.ndarray, weights: np.ndarray, num_bins: int = CALIBRATION_BINS
+) -> np.ndarray:
+    """``(3, num_bins)``: per top-label confidence bin, the weighted count of samples, of
+    correctly classified ones (argmax equals ``y_true``) and the sum of their confidences.
+
+    >>> calibration_state(np.array([0, 1]), np.array([[0.9, 0.1], [0.8, 0.2]]), np.ones(2), 2)
+    array([[0. , 2. ],
+           [0. , 1. ],
+           [0. , 1.7]])
+    """
+    confidence = np.max(y_score, axis=1)
+    correct = np.argmax(y_score, axis=1) == y_true
+    cells = np.arange(3)[:, None] * num_bins + score_bins(confidence, num_bins)[None, :]
+    values = np.stack([weights, weights * correct, weights * confidence])
+    return np.bincount(cells.ravel(), weights=values.ravel(), minlength=3 * num_bins).reshape(
+        3, num_bins
+    )
 
 
 def merge_states(*states: ClassificationState) -> ClassificationState:
     """Sum the states of several batches (or replicas) into one."""
-    histograms = [s.score_histogram for s in states]
+
+    def total(parts):
+        return None if any(part is None for part in parts) else sum(parts)
+
     return ClassificationState(
         confusion_matrix=sum(s.confusion_matrix for s in states),
-        score_histogram=None if any(h is None for h in histograms) else sum(histograms),
+        score_histogram=total([s.score_histogram for s in states]),
+        calibration=total([s.calibration for s in states]),
     )
 
 
@@ -346,6 +399,13 @@ def precision_recall_f1_from_confusion_matrix(
     )
 
 
+def _counts_at_or_above(score_histogram: np.ndarray) -> np.ndarray:
+    """``(2, C, T)``: per class, the negatives and positives with a score in bin ``b`` or
+    above, i.e. the false and true positives of the decision rule ``score >= b / T``."""
+    histogram = np.asarray(score_histogram, dtype=np.float64)
+    return np.cumsum(histogram[..., ::-1], axis=-1)[..., ::-1]
+
+
 def precision_recall_curve_from_histogram(score_histogram: np.ndarray):
     """Per-class binned precision-recall curves.
 
@@ -363,14 +423,11 @@ def precision_recall_curve_from_histogram(score_histogram: np.ndarray):
     >>> precision, recall, thresholds
     (array([[0.57142857, 0.75      , 1.        ]]), array([[1.  , 0.75, 0.  ]]), array([0. , 0.5]))
     """
-    negatives, positives = np.asarray(score_histogram, dtype=np.float64)
-    num_bins = positives.shape[1]
-    # Predicted positive at bin b = every sample in bins >= b: reversed cumulative sums.
-    true_positives = np.cumsum(positives[:, ::-1], axis=1)[:, ::-1]
-    false_positives = np.cumsum(negatives[:, ::-1], axis=1)[:, ::-1]
+    false_positives, true_positives = _counts_at_or_above(score_histogram)
+    num_bins = true_positives.shape[1]
     precision = _divide(true_positives, true_positives + false_positives, 1.0)
     recall = _divide(true_positives, true_positives[:, :1], 0.0)
-    end = np.ones((positives.shape[0], 1))
+    end = np.ones((true_positives.shape[0], 1))
     return (
         np.concatenate([precision, end], axis=1),
         np.concatenate([recall, 0 * end], axis=1),
@@ -432,20 +489,233 @@ def average_precision_from_histogram(score_histogram: np.ndarray):
     return _divide(ap, total, 0.0), _divide(lower, total, 0.0), _divide(upper, total, 0.0)
 
 
+def roc_curve_from_histogram(score_histogram: np.ndarray):
+    """Per-class binned one-vs-rest ROC curves.
+
+    Returns:
+        ``(fpr, tpr, thresholds)``: ``fpr`` and ``tpr`` are ``(C, T + 1)`` for the decision
+        rules ``score >= thresholds[b]``, ``thresholds = b / T``, followed by the end point
+        (nothing predicted: 0, 0), laid out as :func:`precision_recall_curve_from_histogram`.
+        A rate with nothing to count (a class without positives or negatives) is 0.
+
+    >>> histogram = np.array([[[2, 1]], [[1, 3]]])  # one class, 2 bins: negatives, positives
+    >>> roc_curve_from_histogram(histogram)
+    (array([[1.        , 0.33333333, 0.        ]]), array([[1.  , 0.75, 0.  ]]), array([0. , 0.5]))
+    """
+    false_positives, true_positives = _counts_at_or_above(score_histogram)
+    num_classes, num_bins = true_positives.shape
+    end = np.zeros((num_classes, 1))
+    return (
+        np.concatenate([_divide(false_positives, false_positives[:, :1], 0.0), end], axis=1),
+        np.concatenate([_divide(true_positives, true_positives[:, :1], 0.0), end], axis=1),
+        np.arange(num_bins) / num_bins,
+    )
+
+
+def roc_auc_from_histogram(score_histogram: np.ndarray):
+    """Per-class one-vs-rest ROC AUC from binned scores, with its tie interval.
+
+    The binned value is the area under the binned ROC curve: the chance that a positive
+    scores above a negative, a tie (same bin) counting one half, which is scikit-learn's
+    ``roc_auc_score`` with every bin one tied score. Inside a bin the samples could have been
+    ranked in any order: positives above negatives gives the upper bound, below the lower.
+    Any exact AUC of scores that fall into these bins (scikit-learn's on the raw scores,
+    weighted or not, included) lies in ``[lower, upper]``.
+
+    Returns:
+        ``(auc, lower, upper)``, each ``(C,)``; NaN for a class without positives or without
+        negatives (where scikit-learn raises).
+
+    >>> histogram = np.array([[[2, 1]], [[1, 3]]])  # one class, 2 bins: negatives, positives
+    >>> [values.round(4) for values in roc_auc_from_histogram(histogram)]
+    [array([0.7083]), array([0.5]), array([0.9167])]
+    """
+    negatives, positives = np.asarray(score_histogram, dtype=np.float64)
+    pairs = positives.sum(axis=1) * negatives.sum(axis=1)
+    outranked = np.sum(positives * (np.cumsum(negatives, axis=1) - negatives), axis=1)
+    tied = np.sum(positives * negatives, axis=1)
+    nan = float("nan")
+    return (
+        _divide(outranked + 0.5 * tied, pairs, nan),
+        _divide(outranked, pairs, nan),
+        _divide(outranked + tied, pairs, nan),
+    )
+
+
+def f1_optimal_threshold_from_histogram(score_histogram: np.ndarray):
+    """Per class, the decision threshold among the bin edges that maximises F1.
+
+    The rule is ``score >= threshold``. Edges whose rules make the same decisions on this
+    split form a plateau of equal F1; the middle edge of the first highest plateau is chosen,
+    the one farthest from the scores on either side.
+
+    Returns:
+        ``(thresholds, f1)``, each ``(C,)``; NaN for a class without positives.
+
+    >>> histogram = np.array([[[3, 0, 0, 1]], [[0, 0, 1, 2]]])  # negatives, positives
+    >>> f1_optimal_threshold_from_histogram(histogram)  # edges 0.25 and 0.5 both give 6/7
+    (array([0.25]), array([0.85714286]))
+    """
+    false_positives, true_positives = _counts_at_or_above(score_histogram)
+    num_classes, num_bins = true_positives.shape
+    support = true_positives[:, :1]
+    f1 = _divide(2.0 * true_positives, support + true_positives + false_positives, 0.0)
+    best = f1.max(axis=1, keepdims=True)
+    at_best = f1 == best
+    start = np.argmax(at_best, axis=1)
+    below_after_start = ~at_best & (np.arange(num_bins) > start[:, None])
+    end = np.where(
+        below_after_start.any(axis=1), np.argmax(below_after_start, axis=1) - 1, num_bins - 1
+    )
+    chosen = (start + end) // 2
+    defined = support[:, 0] > 0
+    return (
+        np.where(defined, chosen / num_bins, np.nan),
+        np.where(defined, best[:, 0], np.nan),
+    )
+
+
+def reliability_bins(num_bins: int, most: int = 20) -> int:
+    """The largest divisor of a histogram's ``num_bins`` not above ``most``: how many
+    equal-width bins the per-class reliability curves are read at (4096 -> 16, 200 -> 20).
+
+    >>> reliability_bins(4096), reliability_bins(200), reliability_bins(7)
+    (16, 20, 7)
+    """
+    return max(d for d in range(1, min(most, num_bins) + 1) if num_bins % d == 0)
+
+
+def reliability_curve_from_histogram(score_histogram: np.ndarray, num_bins: int):
+    """Per-class reliability curves: the fraction of positives among the samples whose score
+    for the class falls in each of ``num_bins`` equal-width bins.
+
+    This is scikit-learn's ``calibration_curve(strategy="uniform")`` ``prob_true`` at its
+    non-empty bins (scikit-learn puts a score on an inner edge in the lower bin, this the
+    upper, as :func:`score_bins`). The mean score in a bin lies inside the bin.
+
+    Args:
+        score_histogram: ``(2, C, T)``; ``T`` must be a multiple of ``num_bins`` (see
+            :func:`reliability_bins`).
+
+    Returns:
+        ``(fraction_of_positives, counts, edges)``: ``(C, num_bins)`` (NaN for an empty bin),
+        ``(C, num_bins)`` and the ``num_bins + 1`` bin edges.
+
+    >>> histogram = np.array([[[2, 1, 0, 1]], [[0, 1, 1, 3]]])  # one class, 4 bins
+    >>> fraction, counts, edges = reliability_curve_from_histogram(histogram, 2)
+    >>> fraction, counts, edges
+    (array([[0.25, 0.8 ]]), array([[4., 5.]]), array([0. , 0.5, 1. ]))
+    """
+    negatives, positives = np.asarray(score_histogram, dtype=np.float64)
+    num_classes, histogram_bins = positives.shape
+    if num_bins < 1 or histogram_bins % num_bins:
+        raise ValueError(
+            f"num_bins must divide the histogram's {histogram_bins} bins, got {num_bins}."
+        )
+
+    def grouped(values):
+        return values.reshape(num_classes, num_bins, histogram_bins // num_bins).sum(axis=2)
+
+    counts = grouped(positives + negatives)
+    fraction = _divide(grouped(positives), counts, float("nan"))
+    return fraction, counts, np.linspace(0.0, 1.0, num_bins + 1)
+
+
+def top_label_reliability(calibration: np.ndarray):
+    """Top-label reliability from a calibration state (see :func:`calibration_state`).
+
+    Returns:
+        ``(accuracy, confidence, counts, edges)``: per confidence bin the share of correct
+        predictions and the mean confidence (NaN for an empty bin), the counts, and the bin
+        edges.
+
+    >>> top_label_reliability(np.array([[0.0, 2.0], [0.0, 1.0], [0.0, 1.7]]))
+    (array([nan, 0.5]), array([ nan, 0.85]), array([0., 2.]), array([0. , 0.5, 1. ]))
+    """
+    count, correct, confidence = np.asarray(calibration, dtype=np.float64)
+    nan = float("nan")
+    return (
+        _divide(correct, count, nan),
+        _divide(confidence, count, nan),
+        count,
+        np.linspace(0.0, 1.0, len(count) + 1),
+    )
+
+
+def expected_calibration_error(calibration: np.ndarray) -> float:
+    """Top-label expected calibration error from a calibration state (see
+    :func:`calibration_state`): ``sum_b |correct_b - confidence_b| / N``, the gap between
+    accuracy and mean confidence of each bin weighted by its share of samples. NaN when
+    nothing was counted.
+
+    >>> expected_calibration_error(np.array([[0.0, 2.0], [0.0, 1.0], [0.0, 1.7]]))
+    0.35
+    """
+    count, correct, confidence = np.asarray(calibration, dtype=np.float64)
+    return float(_divide(np.abs(correct - confidence).sum(), count.sum(), float("nan")))
+
+
+def agreement_scores_from_confusion_matrix(confusion_matrix: np.ndarray) -> dict[str, float]:
+    """Balanced accuracy, Matthews correlation and Cohen's kappa of a ``(C, C)`` matrix.
+
+    Exactly scikit-learn's ``balanced_accuracy_score`` (classes without samples left out),
+    ``matthews_corrcoef`` (0.0 where undefined) and ``cohen_kappa_score`` (NaN where
+    undefined) on the predictions the matrix counts.
+
+    >>> scores = agreement_scores_from_confusion_matrix(np.array([[3, 1], [2, 4]]))
+    >>> {name: round(value, 4) for name, value in scores.items()}
+    {'balanced_accuracy': 0.7083, 'mcc': 0.4082, 'cohen_kappa': 0.4}
+    """
+    matrix = np.asarray(confusion_matrix, dtype=np.float64)
+    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    correct, total = np.trace(matrix), matrix.sum()
+    present = support > 0
+    recall = np.diagonal(matrix)[present] / support[present]
+    covariance = correct * total - support @ predicted
+    variances = (total**2 - predicted @ predicted) * (total**2 - support @ support)
+    expected = np.outer(predicted, support) / total if total else np.zeros_like(matrix)
+    disagreement = 1.0 - np.eye(len(matrix))
+    expected_disagreement = np.sum(disagreement * expected)
+    nan = float("nan")
+    return {
+        "balanced_accuracy": float(recall.mean()) if recall.size else nan,
+        "mcc": float(covariance / np.sqrt(variances)) if variances else 0.0,
+        "cohen_kappa": float(1.0 - np.sum(disagreement * matrix) / expected_disagreement)
+        if expected_disagreement
+        else nan,
+    }
+
+
 def classification_scores(
     state: ClassificationState,
     *,
     labels=None,
     zero_division: float = 0.0,
+    task: Task | None = None,
 ) -> dict[str, float | np.ndarray]:
     """Every score the product logs, for one split.
 
-    Returns a dict with per-class arrays over ``labels`` (``precision``, ``recall``, ``f1``,
-    ``support`` and, when the state has a histogram, ``ap``, ``ap_lower``, ``ap_upper``) and
-    floats ``f1_macro``, ``f1_micro``, ``f1_weighted``, ``precision_macro``, ``recall_macro``
-    and ``map`` (mean AP over ``labels``).
+    Args:
+        state: the split's :class:`ClassificationState`.
+        labels: the class indices to score and average over (default: all).
+        zero_division: value of an undefined precision, recall or F1.
+        task: ``"binary"`` adds the F1-optimal decision threshold of class 1 (the one the
+            model's single unit scores); a multilabel state has one per label. By default
+            ``"multilabel"`` for a multilabel state, else ``"multiclass"``.
+
+    Returns:
+        A dict with per-class arrays over ``labels``: ``precision``, ``recall``, ``f1``,
+        ``support`` and, with a histogram, ``ap``, ``ap_lower``, ``ap_upper``, ``roc_auc``,
+        ``roc_auc_lower``, ``roc_auc_upper``; floats ``f1_macro``, ``f1_micro``,
+        ``f1_weighted``, ``precision_macro``, ``recall_macro``, with a histogram ``map``
+        and ``roc_auc_macro`` (means over ``labels``, NaN AUCs left out), for multiclass and
+        binary states ``balanced_accuracy``, ``mcc``, ``cohen_kappa`` and, with a
+        calibration state, ``ece``. Binary and multilabel with a histogram add
+        ``threshold`` and ``f1_at_threshold`` (:func:`f1_optimal_threshold_from_histogram`)
+        over the classes in ``threshold_labels``.
     """
     labels = _resolve_labels(state.num_classes, labels)
+    task = task or ("multilabel" if state.is_multilabel else "multiclass")
 
     def averaged(average):
         return precision_recall_f1_from_confusion_matrix(
@@ -465,11 +735,32 @@ def classification_scores(
         "precision_macro": precision_macro,
         "recall_macro": recall_macro,
     }
-    if state.score_histogram is not None:
-        ap, lower, upper = (
-            values[labels] for values in average_precision_from_histogram(state.score_histogram)
-        )
+    if not state.is_multilabel:
+        scores.update(agreement_scores_from_confusion_matrix(state.confusion_matrix))
+    if state.calibration is not None:
+        scores["ece"] = expected_calibration_error(state.calibration)
+    histogram = state.score_histogram
+    if histogram is not None:
+        ap, ap_lower, ap_upper = (v[labels] for v in average_precision_from_histogram(histogram))
+        auc, auc_lower, auc_upper = (v[labels] for v in roc_auc_from_histogram(histogram))
         scores.update(
-            ap=ap, ap_lower=lower, ap_upper=upper, map=float(ap.mean()) if ap.size else 0.0
+            ap=ap,
+            ap_lower=ap_lower,
+            ap_upper=ap_upper,
+            map=float(ap.mean()) if ap.size else 0.0,
+            roc_auc=auc,
+            roc_auc_lower=auc_lower,
+            roc_auc_upper=auc_upper,
+            roc_auc_macro=float(_nanaverage(auc)) if auc.size else float("nan"),
         )
+        if task in ("binary", "multilabel"):
+            threshold_labels = labels[labels == 1] if task == "binary" else labels
+            thresholds, f1_at_threshold = f1_optimal_threshold_from_histogram(
+                histogram[:, threshold_labels]
+            )
+            scores.update(
+                threshold_labels=threshold_labels,
+                threshold=thresholds,
+                f1_at_threshold=f1_at_threshold,
+            )
     return scores

@@ -214,7 +214,10 @@ class ClassificationMetrics(keras.metrics.Metric):
     """Exact epoch-level per-class precision, recall, F1 and PR curves for Keras models.
 
     The metric keeps a ``(C, C)`` confusion matrix (``(C, 2, 2)`` for multilabel) and, with
-    ``pr_thresholds > 0``, per-class histograms of the scores of positive and negative samples.
+    ``pr_thresholds > 0``, per-class histograms of the scores of positive and negative samples
+    (PR and ROC curves, AP, ROC AUC, reliability curves, decision thresholds) and, for
+    multiclass and binary, the top-label calibration counts that expected calibration error
+    needs (15 bins, O(N) per batch).
     An update costs O(N * C) whatever the number of bins: it adds only to the cells the batch
     touches. ``result()`` is the macro F1 (O(C), from per-class counts kept beside the matrix),
     so ``val_f1_macro`` works with ``EarlyStopping`` and ``ModelCheckpoint``; the callback
@@ -230,7 +233,8 @@ class ClassificationMetrics(keras.metrics.Metric):
         ignore_class: a class index whose samples are left out (e.g. a padding id); it is
             also left out of the averages. Masked timesteps (``mask_zero=True``) are always
             left out.
-        pr_thresholds: number of score bins per class for PR curves; 0 turns them off.
+        pr_thresholds: number of score bins per class for PR and ROC curves, reliability
+            curves and decision thresholds (and the calibration counts); 0 turns them off.
         zero_division: value of an undefined precision/recall/F1 (0.0, 1.0 or NaN).
         name: metric name; the logs get ``name`` and ``val_`` + ``name``.
 
@@ -292,6 +296,9 @@ class ClassificationMetrics(keras.metrics.Metric):
             # Bins before classes, unlike functional's (2, C, T): a batch's scores bunch in a
             # few bins across all classes, so its cells share cache lines (T=16384 costs as 200).
             segments["score_histogram"] = (2, self.pr_thresholds, num_classes)
+            if task != "multilabel":
+                # [count, correct, confidence sum] per top-label confidence bin: exact ECE.
+                segments["calibration"] = (3, functional.CALIBRATION_BINS)
         self._counts = ExactCounts(self, segments)
 
     def _format(self, y_true, y_pred, sample_weight):
@@ -374,7 +381,24 @@ class ClassificationMetrics(keras.metrics.Metric):
             bins = ops.clip(ops.cast(ops.floor(scores * num_bins), "int32"), 0, num_bins - 1)
             cells["score_histogram"] = (positive * num_bins + bins) * num_classes + classes
             cell_weights["score_histogram"] = ops.broadcast_to(row_weights, ops.shape(bins))
+            if self.task != "multilabel":
+                cells["calibration"], cell_weights["calibration"] = self._calibration_cells(
+                    labels, scores, weights
+                )
         self._counts.scatter_add(cells, cell_weights)
+
+    @staticmethod
+    def _calibration_cells(labels, scores, weights):
+        """Cells and weights of :func:`functional.calibration_state`: the top-label confidence
+        of each row, whether its argmax is right, in ``CALIBRATION_BINS`` equal-width bins."""
+        num_bins = functional.CALIBRATION_BINS
+        confidence = ops.max(scores, axis=-1)
+        correct = ops.cast(ops.cast(ops.argmax(scores, axis=-1), "int32") == labels, "float32")
+        bins = ops.clip(ops.cast(ops.floor(confidence * num_bins), "int32"), 0, num_bins - 1)
+        return (
+            ops.stack([bins, num_bins + bins, 2 * num_bins + bins]),
+            ops.stack([weights, weights * correct, weights * confidence]),
+        )
 
     @property
     def scored_labels(self) -> list[int]:
@@ -413,7 +437,10 @@ class ClassificationMetrics(keras.metrics.Metric):
         histogram = segments.get("score_histogram")
         if histogram is not None:
             histogram = np.ascontiguousarray(histogram.transpose(0, 2, 1))
-        return ClassificationState(segments["confusion_matrix"], histogram), segments["rejected"]
+        state = ClassificationState(
+            segments["confusion_matrix"], histogram, segments.get("calibration")
+        )
+        return state, segments["rejected"]
 
     def get_config(self):
         return {

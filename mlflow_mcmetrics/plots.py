@@ -1,4 +1,5 @@
-"""Figures of a classification state: confusion matrix, PR curves, F1 by epoch.
+"""Figures of a classification state: confusion matrix, PR and ROC curves, reliability
+diagrams, F1 by epoch.
 
 Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``, so
 nothing leaks into a global figure registry and the functions are safe off the main thread.
@@ -20,10 +21,13 @@ from mlflow_mcmetrics import functional, report
 
 __all__ = [
     "figure_to_array",
+    "plot_calibration",
     "plot_comparison",
     "plot_confusion_matrix",
     "plot_f1_by_epoch",
     "plot_pr_curves",
+    "plot_roc_and_calibration",
+    "plot_roc_curves",
     "plot_state",
 ]
 
@@ -175,23 +179,8 @@ def plot_pr_curves(
             (argmax, or the threshold), marked on each curve.
     """
     average_precision = np.asarray(average_precision, dtype=float)
-    num_classes = len(class_names)
-    order = np.argsort(-average_precision, kind="stable")
-    if num_classes <= PR_PANELS_MAX:
-        shown, summary = list(range(num_classes)), None
-    else:
-        half = PR_PANELS_MAX // 2
-        shown = [*order[:half], *order[-half:]]
-        summary = (
-            f"{num_classes} classes: panels show the {half} best and {half} worst by AP; "
-            f"median AP {np.median(average_precision):.3f}, "
-            f"AP < 0.5 for {int((average_precision < 0.5).sum())} classes"
-        )
-    columns = min(5, len(shown))
-    rows = int(np.ceil(len(shown) / columns))
-    figure = Figure(figsize=(3.0 * columns, 2.8 * rows + 0.8), layout="constrained")
-    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    for axis, label in zip(axes[: len(shown)], shown, strict=True):
+    figure, panels, summary = _class_panels(average_precision, "AP")
+    for axis, label in panels:
         axis.step(
             recall[label],
             precision[label],
@@ -209,17 +198,179 @@ def plot_pr_curves(
         )
         if operating_points is not None:
             axis.plot(*operating_points[label], "o", color="tab:red", ms=5, label="operating point")
-        axis.set_title(str(class_names[label])[:28], fontsize=9)
-        axis.set_xlim(-0.02, 1.02)
-        axis.set_ylim(-0.02, 1.05)
-        axis.tick_params(labelsize=7)
-        axis.legend(fontsize=6, loc="lower left")
-    for axis in axes[len(shown) :]:
-        axis.set_visible(False)
-    figure.supxlabel("Recall")
-    figure.supylabel("Precision")
+        _finish_panel(axis, class_names[label], "lower left")
+    return _finish_panels(figure, "Recall", "Precision", title, summary)
+
+
+def _finish_panel(axis, class_name: str, legend_location: str) -> None:
+    axis.set_title(str(class_name)[:28], fontsize=9)
+    axis.set_xlim(-0.02, 1.02)
+    axis.set_ylim(-0.02, 1.05)
+    axis.tick_params(labelsize=7)
+    axis.legend(fontsize=6, loc=legend_location)
+
+
+def _finish_panels(figure: Figure, xlabel: str, ylabel: str, title: str, summary: str | None):
+    figure.supxlabel(xlabel)
+    figure.supylabel(ylabel)
     figure.suptitle(title if summary is None else f"{title}\n{summary}", fontsize=10)
     return figure
+
+
+def _class_panels(values: np.ndarray, name: str):
+    """A grid of one small panel per class, or beyond :data:`PR_PANELS_MAX` classes for the
+    best and worst half of that many by ``values`` (NaN last).
+
+    Returns ``(figure, [(axis, class index)], summary)``; ``summary`` is None when every class
+    has a panel, else a line that says which are shown and how the rest are distributed.
+    """
+    num_classes = len(values)
+    order = np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")
+    if num_classes <= PR_PANELS_MAX:
+        shown, summary = list(range(num_classes)), None
+    else:
+        half = PR_PANELS_MAX // 2
+        shown = [*order[:half], *order[-half:]]
+        summary = (
+            f"{num_classes} classes: panels show the {half} best and {half} worst by {name}; "
+            f"median {name} {np.nanmedian(values):.3f}, "
+            f"{name} < 0.5 for {int((values < 0.5).sum())} classes"
+        )
+    columns = min(5, len(shown))
+    rows = int(np.ceil(len(shown) / columns))
+    figure = Figure(figsize=(3.0 * columns, 2.8 * rows + 0.8), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for axis in axes[len(shown) :]:
+        axis.set_visible(False)
+    return figure, list(zip(axes[: len(shown)], shown, strict=True)), summary
+
+
+def plot_roc_curves(
+    fpr: np.ndarray,
+    tpr: np.ndarray,
+    roc_auc: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    title: str = "ROC curves",
+) -> Figure:
+    """One one-vs-rest ROC curve per class with its AUC (laid out as :func:`plot_pr_curves`).
+
+    Args:
+        fpr, tpr: ``(C, K)`` curve points per class.
+        roc_auc: ``(C,)`` AUC per class (NaN for a class without positives or negatives).
+        class_names: ``C`` names.
+    """
+    roc_auc = np.asarray(roc_auc, dtype=float)
+    figure, panels, summary = _class_panels(roc_auc, "ROC AUC")
+    for axis, label in panels:
+        axis.plot(
+            fpr[label], tpr[label], color="tab:blue", lw=1.5, label=f"AUC {roc_auc[label]:.3f}"
+        )
+        axis.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="no skill")
+        _finish_panel(axis, class_names[label], "lower right")
+    return _finish_panels(figure, "False positive rate", "True positive rate", title, summary)
+
+
+#: Classes with the largest calibration error drawn in the class-wise reliability diagram.
+CALIBRATION_WORST_CLASSES = 5
+
+
+def plot_calibration(
+    state: functional.ClassificationState,
+    class_names: Sequence[str],
+    labels: Sequence[int],
+    *,
+    title: str = "Calibration",
+) -> Figure:
+    """Reliability diagrams: the top-label one (accuracy against mean confidence per
+    confidence bin, with the ECE; multiclass and binary), and the class-wise curves (fraction
+    of positives per score bin) of the :data:`CALIBRATION_WORST_CLASSES` scored classes whose
+    curves are farthest from the diagonal."""
+    panels = 2 if state.calibration is not None else 1
+    figure = Figure(figsize=(5.0 * panels, 4.6), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, panels))
+    for axis in axes:
+        axis.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1.02)
+    if state.calibration is not None:
+        accuracy, confidence, counts, edges = functional.top_label_reliability(state.calibration)
+        ece = functional.expected_calibration_error(state.calibration)
+        filled = counts > 0
+        axis = axes[0]
+        axis.bar(
+            edges[:-1][filled],
+            accuracy[filled],
+            width=np.diff(edges)[filled],
+            align="edge",
+            color="tab:blue",
+            edgecolor="white",
+            alpha=0.8,
+            label="accuracy",
+        )
+        # Over each bar its mean confidence: the vertical gap is what ECE averages.
+        centres = (edges[:-1] + edges[1:])[filled] / 2
+        axis.plot(
+            centres, confidence[filled], "_", color="tab:red", ms=14, mew=2, label="mean confidence"
+        )
+        axis.set_title(f"Top label: ECE {ece:.3f}", fontsize=10)
+        axis.set_xlabel("Confidence")
+        axis.set_ylabel("Accuracy")
+        axis.legend(fontsize=7, loc="upper left")
+    num_bins = functional.reliability_bins(state.score_histogram.shape[2])
+    fraction, counts, edges = functional.reliability_curve_from_histogram(
+        state.score_histogram, num_bins
+    )
+    centres = (edges[:-1] + edges[1:]) / 2
+    labels = np.asarray(labels)
+    # Each class's count-weighted distance of its curve from the diagonal.
+    gaps = np.nansum(counts * np.abs(fraction - centres), axis=1) / np.maximum(
+        counts.sum(axis=1), 1.0
+    )
+    worst = labels[np.argsort(-gaps[labels], kind="stable")[:CALIBRATION_WORST_CLASSES]]
+    axis = axes[-1]
+    largest = max(counts[worst].max(), 1.0)
+    for index, label in enumerate(worst):
+        filled = counts[label] > 0
+        color = f"C{index}"
+        axis.plot(centres[filled], fraction[label][filled], "-", lw=1, alpha=0.6, color=color)
+        # Bins with few samples jump around: the marker area shows how many each holds.
+        axis.scatter(
+            centres[filled],
+            fraction[label][filled],
+            s=6 + 60 * counts[label][filled] / largest,
+            color=color,
+            label=f"{str(class_names[label])[:20]} ({gaps[label]:.3f})",
+        )
+    axis.set_title(
+        f"Class-wise, {len(worst)} least calibrated of {len(labels)} (marker area: samples)",
+        fontsize=10,
+    )
+    axis.set_xlabel(f"Score for the class ({num_bins} bins, bin centres)")
+    axis.set_ylabel("Fraction of positives")
+    axis.legend(fontsize=7, loc="upper left")
+    figure.suptitle(title)
+    return figure
+
+
+def plot_roc_and_calibration(
+    state: functional.ClassificationState,
+    scores: dict,
+    class_names: Sequence[str],
+    labels: Sequence[int],
+    *,
+    title: str = "",
+) -> dict[str, Figure]:
+    """The ROC-curve and reliability figures of one split with a score histogram, by artifact
+    stem (``roc_curves``, ``calibration``); ``scores`` as in :func:`plot_state`."""
+    fpr, tpr, _ = functional.roc_curve_from_histogram(state.score_histogram)
+    names = [class_names[label] for label in labels]
+    return {
+        "roc_curves": plot_roc_curves(
+            fpr[labels], tpr[labels], scores["roc_auc"], names, title=f"ROC — {title}"
+        ),
+        "calibration": plot_calibration(state, class_names, labels, title=f"Calibration — {title}"),
+    }
 
 
 def plot_f1_by_epoch(

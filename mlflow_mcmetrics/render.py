@@ -47,13 +47,17 @@ def _receive(stream: BinaryIO):
 
 #: The figures a request may ask for: their function in :mod:`mlflow_mcmetrics.plots`, and the
 #: artifact stem of a function that draws a single figure.
-_FIGURES = {"plot_state": None, "plot_f1_by_epoch": "f1_by_epoch"}
+_FIGURES = {
+    "plot_state": None,
+    "plot_roc_and_calibration": None,
+    "plot_f1_by_epoch": "f1_by_epoch",
+}
 
 
 def draw(request: dict) -> dict[str, np.ndarray]:
     """``plots.{figure}(**kwargs)`` rendered to RGBA arrays, by artifact stem.
 
-    ``request`` is ``{"figure": "plot_state" or "plot_f1_by_epoch", **kwargs}``.
+    ``request`` is ``{"figure": one of _FIGURES, **kwargs}``.
     """
     from mlflow_mcmetrics import plots
 

@@ -17,6 +17,8 @@ from mlflow_mcmetrics.naming import metric_key
 
 __all__ = [
     "ARTIFACT_DIR",
+    "CURVE_PAYLOADS",
+    "calibration_payload",
     "classification_report",
     "comparison_table",
     "comparison_to_csv",
@@ -27,9 +29,50 @@ __all__ = [
     "most_confused_pairs",
     "operating_points",
     "pr_curves_payload",
+    "roc_curves_payload",
+    "thresholds_payload",
     "to_json",
     "to_markdown",
 ]
+
+#: The run's artifact folder for everything this package logs.
+ARTIFACT_DIR = "mcmetrics"
+#: The report's single-number scores beyond the P/R/F1 averages, with their names in Markdown.
+SUMMARY = {
+    "map": "mean average precision",
+    "roc_auc_macro": "macro ROC AUC (one-vs-rest)",
+    "balanced_accuracy": "balanced accuracy",
+    "mcc": "Matthews correlation",
+    "cohen_kappa": "Cohen's kappa",
+    "ece": "expected calibration error (top label, 15 bins)",
+}
+#: Short column names of the :data:`SUMMARY` scores in comparison tables.
+COMPARED_NAMES = {
+    "map": "mAP",
+    "roc_auc_macro": "macro ROC AUC",
+    "balanced_accuracy": "balanced acc.",
+    "mcc": "MCC",
+    "cohen_kappa": "kappa",
+    "ece": "ECE",
+}
+#: Single-number scores of a split (those in a split's scores), logged as ``{prefix}{name}``.
+SPLIT_SCORES = (
+    "f1_macro",
+    "f1_micro",
+    "f1_weighted",
+    "precision_macro",
+    "recall_macro",
+    "map",
+    "roc_auc_macro",
+    "balanced_accuracy",
+    "mcc",
+    "cohen_kappa",
+    "ece",
+)
+#: Per-class scores, logged as ``{prefix}{name}/{class}`` for every scored class.
+PER_CLASS = ("precision", "recall", "f1", "ap", "roc_auc")
+#: Per-class scores of the classes in ``threshold_labels`` (binary: class 1; multilabel: all).
+PER_THRESHOLD_LABEL = ("threshold", "f1_at_threshold")
 
 
 def most_confused_pairs(
@@ -84,7 +127,18 @@ def classification_report(
         scores = functional.classification_scores(state, labels=labels, zero_division=zero_division)
     per_class_keys = [
         k
-        for k in ("precision", "recall", "f1", "support", "ap", "ap_lower", "ap_upper")
+        for k in (
+            "precision",
+            "recall",
+            "f1",
+            "support",
+            "ap",
+            "ap_lower",
+            "ap_upper",
+            "roc_auc",
+            "roc_auc_lower",
+            "roc_auc_upper",
+        )
         if k in scores
     ]
     classes = [
@@ -95,6 +149,10 @@ def classification_report(
         }
         for i, label in enumerate(labels)
     ]
+    rows = {row["index"]: row for row in classes}
+    for position, label in enumerate(scores.get("threshold_labels", [])):
+        for name in PER_THRESHOLD_LABEL:
+            rows[label][name] = float(scores[name][position])
     averages = {}
     for average in ("macro", "micro", "weighted"):
         precision, recall, f1, _ = functional.precision_recall_f1_from_confusion_matrix(
@@ -107,8 +165,7 @@ def classification_report(
         "support": float(np.sum(scores["support"])),
         "most_confused": most_confused_pairs(state.confusion_matrix, class_names, labels),
     }
-    if "map" in scores:
-        report["map"] = scores["map"]
+    report.update({name: scores[name] for name in SUMMARY if name in scores})
     return report
 
 
@@ -120,28 +177,41 @@ def _cell(value: float) -> str:
     return f"{value:g}" if float(value).is_integer() else f"{value:.4f}"
 
 
+def _interval(lower: float, upper: float) -> str:
+    return f"[{lower:.4f}, {upper:.4f}]"
+
+
 def to_markdown(report: dict, *, title: str = "Classification report") -> str:
-    """The report as Markdown tables (per class, averages, most-confused pairs)."""
-    has_ap = "ap" in report["classes"][0] if report["classes"] else False
-    header = ["class", "precision", "recall", "F1", "support"] + (
-        ["AP", "AP tie interval"] if has_ap else []
-    )
+    """The report as Markdown tables (per class, averages, summary scores, most-confused
+    pairs)."""
+    rows = report["classes"]
+    has = {key: any(key in row for row in rows) for key in ("ap", "roc_auc", "threshold")}
+    header = ["class", "precision", "recall", "F1", "support"]
+    header += ["AP", "AP tie interval"] if has["ap"] else []
+    header += ["ROC AUC", "ROC AUC tie interval"] if has["roc_auc"] else []
+    header += ["F1-optimal threshold", "F1 there"] if has["threshold"] else []
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in report["classes"]:
+    for row in rows:
         cells = [
             row["name"].replace("|", "\\|"),
             *(_cell(row[k]) for k in ("precision", "recall", "f1", "support")),
         ]
-        if has_ap:
-            cells += [_cell(row["ap"]), f"[{row['ap_lower']:.4f}, {row['ap_upper']:.4f}]"]
+        if has["ap"]:
+            cells += [_cell(row["ap"]), _interval(row["ap_lower"], row["ap_upper"])]
+        if has["roc_auc"]:
+            cells += [_cell(row["roc_auc"]), _interval(row["roc_auc_lower"], row["roc_auc_upper"])]
+        if has["threshold"]:
+            cells += [_cell(row[k]) if k in row else "" for k in PER_THRESHOLD_LABEL]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| average | precision | recall | F1 |", "|---|---|---|---|"]
     for name, row in report["averages"].items():
         lines.append(
             f"| {name} | {_cell(row['precision'])} | {_cell(row['recall'])} | {_cell(row['f1'])} |"
         )
-    if "map" in report:
-        lines += ["", f"Mean average precision: {report['map']:.4f}"]
+    summary = [name for name in SUMMARY if name in report]
+    if summary:
+        lines += ["", "| score | value |", "|---|---|"]
+        lines += [f"| {SUMMARY[name]} | {_cell(report[name])} |" for name in summary]
     if report["most_confused"]:
         lines += [
             "",
@@ -158,12 +228,6 @@ def to_markdown(report: dict, *, title: str = "Classification report") -> str:
     return "\n".join(lines) + "\n"
 
 
-#: The run's artifact folder for everything this package logs.
-ARTIFACT_DIR = "mcmetrics"
-AVERAGES = ("f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro", "map")
-PER_CLASS = ("precision", "recall", "f1", "ap")
-
-
 def metric_values(
     scores: dict, labels: Sequence[int], components: Sequence[str], prefix: str
 ) -> dict[str, float]:
@@ -178,10 +242,14 @@ def metric_values(
     >>> round(values["val_f1_macro"], 4), values["val_recall/dog"]
     (0.6667, 0.5)
     """
-    values = {metric_key(prefix, name): float(scores[name]) for name in AVERAGES if name in scores}
-    for name in PER_CLASS:
+    values = {
+        metric_key(prefix, name): float(scores[name]) for name in SPLIT_SCORES if name in scores
+    }
+    per_class = [(name, labels) for name in PER_CLASS]
+    per_class += [(name, scores.get("threshold_labels", [])) for name in PER_THRESHOLD_LABEL]
+    for name, scored in per_class:
         if name in scores:
-            for position, label in enumerate(labels):
+            for position, label in enumerate(scored):
                 values[metric_key(prefix, name, components[label])] = float(scores[name][position])
     return values
 
@@ -215,7 +283,7 @@ def confusion_matrix_payload(
     }
 
 
-def _curve_points(precision, recall, thresholds):
+def pr_curve_points(precision, recall, thresholds):
     """The curve at the bins that hold positives (where recall changes: the points average
     precision sums over), plus scikit-learn's end point (recall 0, precision 1). Bins that add
     only negatives lower precision between two such points and are dropped."""
@@ -242,7 +310,7 @@ def pr_curves_payload(
     curves = {}
     for position, label in enumerate(labels):
         curves[class_names[label]] = {
-            **_curve_points(precision[label], recall[label], thresholds),
+            **pr_curve_points(precision[label], recall[label], thresholds),
             "average_precision": float(scores["ap"][position]),
             "average_precision_bounds": [
                 float(scores["ap_lower"][position]),
@@ -253,6 +321,117 @@ def pr_curves_payload(
         "labels": [class_names[label] for label in labels],
         "thresholds": thresholds.tolist(),  # bin b: positive when score >= thresholds[b]
         "curves": curves,
+    }
+
+
+def roc_curve_points(fpr, tpr, thresholds):
+    """The curve at the bins that hold samples (where a rate changes), plus the end point
+    (nothing predicted: 0, 0)."""
+    keep = np.flatnonzero((fpr[:-1] != fpr[1:]) | (tpr[:-1] != tpr[1:]))
+    return {
+        "thresholds": thresholds[keep].tolist(),
+        "fpr": np.round(np.append(fpr[keep], 0.0), 6).tolist(),
+        "tpr": np.round(np.append(tpr[keep], 0.0), 6).tolist(),
+    }
+
+
+def _floats(values) -> list:
+    """JSON-ready floats; NaN (an empty bin, an undefined score) becomes ``null``."""
+    return [None if np.isnan(value) else float(value) for value in values]
+
+
+def roc_curves_payload(
+    state: functional.ClassificationState,
+    class_names: Sequence[str],
+    labels: Sequence[int],
+    scores: dict,
+) -> dict:
+    """``{split}_roc_curves.json``: per scored class the one-vs-rest ROC curve at the
+    thresholds where it changes, its AUC and the tie interval ``roc_auc_bounds`` (``null``
+    for a class without positives or negatives)."""
+    fpr, tpr, thresholds = functional.roc_curve_from_histogram(state.score_histogram)
+    curves = {}
+    for position, label in enumerate(labels):
+        auc, lower, upper = _floats(
+            [scores[k][position] for k in ("roc_auc", "roc_auc_lower", "roc_auc_upper")]
+        )
+        curves[class_names[label]] = {
+            **roc_curve_points(fpr[label], tpr[label], thresholds),
+            "roc_auc": auc,
+            "roc_auc_bounds": [lower, upper],
+        }
+    return {
+        "labels": [class_names[label] for label in labels],
+        "thresholds": thresholds.tolist(),  # bin b: positive when score >= thresholds[b]
+        "curves": curves,
+    }
+
+
+def calibration_payload(
+    state: functional.ClassificationState,
+    class_names: Sequence[str],
+    labels: Sequence[int],
+    scores: dict,
+) -> dict:
+    """``{split}_calibration.json``: per scored class the reliability curve (fraction of
+    positives per equal-width score bin, ``null`` where a bin is empty, and the bin counts);
+    for multiclass and binary also the top-label reliability (accuracy and mean confidence per
+    confidence bin) and the expected calibration error ``ece`` it gives."""
+    num_bins = functional.reliability_bins(state.score_histogram.shape[2])
+    fraction, counts, edges = functional.reliability_curve_from_histogram(
+        state.score_histogram, num_bins
+    )
+    payload = {
+        "labels": [class_names[label] for label in labels],
+        "classes": {
+            "bin_edges": edges.tolist(),
+            "curves": {
+                class_names[label]: {
+                    "fraction_of_positives": _floats(fraction[label]),
+                    "count": counts[label].tolist(),
+                }
+                for label in labels
+            },
+        },
+    }
+    if state.calibration is not None:
+        accuracy, confidence, count, edges = functional.top_label_reliability(state.calibration)
+        payload["top_label"] = {
+            "bin_edges": edges.tolist(),
+            "count": count.tolist(),
+            "accuracy": _floats(accuracy),
+            "confidence": _floats(confidence),
+            "ece": scores["ece"],
+        }
+    return payload
+
+
+#: The per-epoch curve artifacts of a split with a score histogram: ``{split}_{stem}.json``.
+CURVE_PAYLOADS = {
+    "pr_curves": pr_curves_payload,
+    "roc_curves": roc_curves_payload,
+    "calibration": calibration_payload,
+}
+
+
+def thresholds_payload(
+    class_names: Sequence[str], scores: dict, epoch: int | None, split: str
+) -> dict:
+    """``mcmetrics/thresholds.json``: per label the F1-maximising decision threshold of
+    ``split`` (binary: of class 1, the model's single unit) and the F1 it gives there.
+
+    >>> payload = thresholds_payload(["no", "yes"], {"threshold_labels": [1],
+    ...     "threshold": [0.375], "f1_at_threshold": [0.8]}, 4, "val")
+    >>> payload["thresholds"], payload["rule"]
+    ({'yes': 0.375}, 'score >= threshold')
+    """
+    names = [class_names[label] for label in scores["threshold_labels"]]
+    return {
+        "rule": "score >= threshold",
+        "split": split,
+        "epoch": epoch,
+        "thresholds": dict(zip(names, _floats(scores["threshold"]), strict=True)),
+        "f1": dict(zip(names, _floats(scores["f1_at_threshold"]), strict=True)),
     }
 
 
@@ -283,14 +462,19 @@ def comparison_table(
         tail: how many of the last classes make the "tail" column.
 
     Returns:
-        ``{"prefix", "classes", "tail_classes", "rows": [{"group", "runs", "f1_macro":
-        [mean, std], "tail_f1": [mean, std], "f1": {class: [mean, std]}}]}``, groups in
-        first-seen order.
+        ``{"prefix", "classes", "tail_classes", "scores", "rows": [{"group", "runs",
+        "f1_macro": [mean, std], "tail_f1": [mean, std], "f1": {class: [mean, std]},
+        "scores": {name: [mean, std]}}]}``, groups in first-seen order; ``scores`` are the
+        :data:`SUMMARY` scores (mAP, macro ROC AUC, balanced accuracy, MCC, kappa, ECE) that
+        every run has.
     """
     groups: dict[str, list[dict[str, float]]] = {}
     for group, metrics in results:
         groups.setdefault(group, []).append(metrics)
     tail_classes = list(class_keys[-tail:])
+    summary = [
+        name for name in SUMMARY if all(f"{prefix}{name}" in metrics for _, metrics in results)
+    ]
     rows = []
     for group, runs in groups.items():
         per_class = {c: np.array([m[f"{prefix}f1/{c}"] for m in runs]) for c in class_keys}
@@ -303,18 +487,32 @@ def comparison_table(
                 "f1_macro": [float(macro.mean()), float(macro.std())],
                 "tail_f1": [float(tail_f1.mean()), float(tail_f1.std())],
                 "f1": {c: [float(v.mean()), float(v.std())] for c, v in per_class.items()},
+                "scores": {
+                    name: _mean_std([m[f"{prefix}{name}"] for m in runs]) for name in summary
+                },
             }
         )
     return {
         "prefix": prefix,
         "classes": list(class_keys),
         "tail_classes": tail_classes,
+        "scores": summary,
         "rows": rows,
     }
 
 
+def _mean_std(values: Sequence[float]) -> list[float]:
+    """``[mean, std]`` over the runs where the value is defined (NaN where none is)."""
+    values = np.asarray(values, dtype=float)
+    defined = values[~np.isnan(values)]
+    if not defined.size:
+        return [float("nan"), float("nan")]
+    return [float(defined.mean()), float(defined.std())]
+
+
 def comparison_to_csv(table: dict) -> str:
     columns = ["group", "runs", "f1_macro", "f1_macro_std", "tail_f1", "tail_f1_std"]
+    columns += [f"{name}{suffix}" for name in table["scores"] for suffix in ("", "_std")]
     columns += [f"f1/{c}{suffix}" for c in table["classes"] for suffix in ("", "_std")]
     lines = [",".join(columns)]
     for row in table["rows"]:
@@ -324,6 +522,7 @@ def comparison_to_csv(table: dict) -> str:
             *map(str, row["f1_macro"]),
             *map(str, row["tail_f1"]),
         ]
+        cells += [str(v) for name in table["scores"] for v in row["scores"][name]]
         cells += [str(v) for c in table["classes"] for v in row["f1"][c]]
         lines.append(",".join(cells))
     return "\n".join(lines) + "\n"
@@ -339,11 +538,13 @@ def comparison_to_markdown(table: dict) -> str:
         "runs",
         "macro F1",
         f"tail-{len(table['tail_classes'])} F1",
+        *(COMPARED_NAMES[name] for name in table["scores"]),
         *table["classes"],
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table["rows"]:
         cells = [row["group"], str(row["runs"]), cell(row["f1_macro"]), cell(row["tail_f1"])]
+        cells += [cell(row["scores"][name]) for name in table["scores"]]
         cells += [cell(row["f1"][c]) for c in table["classes"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

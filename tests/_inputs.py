@@ -8,6 +8,7 @@ computed in the test from the same predictions.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 from sklearn import metrics as skm
@@ -95,11 +96,58 @@ class Case:
         return [c for c in range(self.num_classes) if c != self.ignore_class]
 
 
+def ece_reference(y_true, probabilities, weights, num_bins=15):
+    """Top-label ECE on raw scores, the textbook way (Guo et al. 2017), with NumPy."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    bin_of = np.clip(np.digitize(confidence, edges[1:-1]), 0, num_bins - 1)
+    gap = 0.0
+    for b in range(num_bins):
+        inside = bin_of == b
+        if weights[inside].sum() > 0:
+            accuracy = np.average(correct[inside], weights=weights[inside])
+            mean_confidence = np.average(confidence[inside], weights=weights[inside])
+            gap += weights[inside].sum() * abs(accuracy - mean_confidence)
+    return gap / weights.sum()
+
+
+def _roc_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
+    """scikit-learn's ROC AUC, NaN where it raises (only one class among the weighted rows)."""
+    positive_weight = np.sum(weights * positive)
+    if not 0 < positive_weight < np.sum(weights):
+        return float("nan")
+    return skm.roc_auc_score(positive, scores, sample_weight=weights)
+
+
 def sklearn_reference(case: Case, zero_division: float = 0.0) -> dict[str, np.ndarray | float]:
-    """scikit-learn's confusion matrix, per-class precision/recall/F1 and macro F1 for ``case``."""
+    """scikit-learn's answer for ``case``: confusion matrix, per-class precision/recall/F1,
+    macro F1, per-class ROC AUC on the raw scores; for multiclass and binary also balanced
+    accuracy, MCC, Cohen's kappa and the top-label ECE (:func:`ece_reference`)."""
     labels, probabilities, weights, kept = case.flat()
     predicted = case.predicted(probabilities)
     y, p, w = labels[kept], predicted[kept], weights[kept]
+    scores = probabilities[kept]
+    if case.task == "binary":
+        scores = np.concatenate([1 - scores, scores], axis=1)
+    positives = (
+        y.astype(bool) if case.task == "multilabel" else y[:, None] == np.arange(case.num_classes)
+    )
+    extra = {
+        "roc_auc": np.array(
+            [_roc_auc(positives[:, c], scores[:, c], w) for c in case.scored_labels]
+        )
+    }
+    if case.task != "multilabel":
+        with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected
+            warnings.simplefilter("ignore", UserWarning)
+            balanced_accuracy = skm.balanced_accuracy_score(y, p, sample_weight=w)
+        extra.update(
+            balanced_accuracy=balanced_accuracy,
+            mcc=skm.matthews_corrcoef(y, p, sample_weight=w),
+            cohen_kappa=skm.cohen_kappa_score(y, p, sample_weight=w),
+            ece=ece_reference(y, scores, w),
+        )
     if case.task == "multilabel":
         confusion = skm.multilabel_confusion_matrix(y, p, sample_weight=w)
         scored = None
@@ -119,6 +167,7 @@ def sklearn_reference(case: Case, zero_division: float = 0.0) -> dict[str, np.nd
         "f1": f1,
         "support": support,
         "f1_macro": f1_macro,
+        **extra,
     }
 
 
@@ -169,3 +218,17 @@ def _cases(seed: int = 7, rows: int = 240) -> list[Case]:
 
 CASES = _cases()
 CASE_IDS = [case.name for case in CASES]
+
+
+def assert_scores_match_reference(scores: dict, expected: dict, atol: float) -> None:
+    """The scores beyond precision/recall/F1 against :func:`sklearn_reference`: agreement
+    scores and ECE to ``atol``, scikit-learn's ROC AUC on raw scores inside the tie interval."""
+    for name in ("balanced_accuracy", "mcc", "cohen_kappa", "ece"):
+        assert (name in scores) == (name in expected), name
+        if name in expected:
+            np.testing.assert_allclose(scores[name], expected[name], atol=atol, err_msg=name)
+    exact = expected["roc_auc"]
+    np.testing.assert_array_equal(np.isnan(scores["roc_auc"]), np.isnan(exact))
+    defined = ~np.isnan(exact)
+    assert np.all(scores["roc_auc_lower"][defined] - 1e-9 <= exact[defined])
+    assert np.all(exact[defined] <= scores["roc_auc_upper"][defined] + 1e-9)

@@ -14,8 +14,12 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     average_precision_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
     confusion_matrix,
+    matthews_corrcoef,
     precision_recall_fscore_support,
+    roc_auc_score,
 )
 
 pytestmark = pytest.mark.slow
@@ -42,8 +46,15 @@ def assert_matches_sklearn(run_id, metrics, names, y_true, y_pred, y_score=None,
         load_json(run_id, f"mcmetrics/{split}/confusion_matrix.json")["matrix"]
         == confusion_matrix(y_true, y_pred, labels=range(len(names))).tolist()
     )
+    for name, score in (
+        ("balanced_accuracy", balanced_accuracy_score),
+        ("mcc", matthews_corrcoef),
+        ("cohen_kappa", cohen_kappa_score),
+    ):
+        assert metrics[f"{split}_{name}"] == pytest.approx(score(y_true, y_pred), abs=1e-12)
     if y_score is not None:
         curves = load_json(run_id, f"mcmetrics/{split}/pr_curves.json")["curves"]
+        roc_curves = load_json(run_id, f"mcmetrics/{split}/roc_curves.json")["curves"]
         for index, name in enumerate(names):
             exact = average_precision_score(y_true == index, y_score[:, index])
             lower, upper = curves[name]["average_precision_bounds"]
@@ -51,6 +62,10 @@ def assert_matches_sklearn(run_id, metrics, names, y_true, y_pred, y_score=None,
                 lower - 1e-9 <= exact <= upper + 1e-9
             )  # the binned AP's tie interval holds sklearn's
             assert metrics[f"{split}_ap/{name}"] == pytest.approx(exact, abs=0.01)
+            exact = roc_auc_score(y_true == index, y_score[:, index])
+            lower, upper = roc_curves[name]["roc_auc_bounds"]
+            assert lower - 1e-9 <= exact <= upper + 1e-9
+            assert metrics[f"{split}_roc_auc/{name}"] == pytest.approx(exact, abs=0.01)
 
 
 def test_scikit_learn_classifier(tracking, digits, tmp_path):
@@ -83,7 +98,7 @@ def test_scikit_learn_classifier(tracking, digits, tmp_path):
     labels = load_json(run.info.run_id, "mcmetrics/labels.json")["labels"]
     assert [entry["name"] for entry in labels] == names
     local = client.download_artifacts(run.info.run_id, "mcmetrics/test", str(tmp_path))
-    for name in ("confusion_matrix.png", "pr_curves.png"):
+    for name in ("confusion_matrix.png", "pr_curves.png", "roc_curves.png", "calibration.png"):
         with Image.open(f"{local}/{name}") as image:
             assert image.format == "PNG"
     assert sorted(result.artifacts) == sorted(
@@ -92,8 +107,12 @@ def test_scikit_learn_classifier(tracking, digits, tmp_path):
             "classification_report.md",
             "confusion_matrix.json",
             "pr_curves.json",
+            "roc_curves.json",
+            "calibration.json",
             "confusion_matrix.png",
             "pr_curves.png",
+            "roc_curves.png",
+            "calibration.png",
         ]
     )
 

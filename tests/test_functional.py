@@ -7,10 +7,17 @@ import warnings
 
 import numpy as np
 import pytest
-from _inputs import CASE_IDS, CASES, sklearn_reference
-from hypothesis import given, settings
+from _inputs import (
+    CASE_IDS,
+    CASES,
+    assert_scores_match_reference,
+    ece_reference,
+    sklearn_reference,
+)
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
 
 from mlflow_mcmetrics import functional as F
 
@@ -241,6 +248,8 @@ def test_bad_arguments_are_named():
         F.state_from_predictions([0], [[1.0, 0.0]], task="multi-class")
     with pytest.raises(ValueError, match=r"Labels must be in \[0, 2\)"):
         F.state_from_predictions([2], [[1.0, 0.0]])
+    with pytest.raises(ValueError, match="probabilities in .*apply softmax"):
+        F.state_from_predictions([0], [[2.5, -1.0]])  # logits
 
 
 def test_functional_imports_neither_keras_nor_mlflow():
@@ -265,11 +274,168 @@ def test_state_from_predictions_matches_scikit_learn_on_every_case(case):
         task=case.task,
         threshold=case.threshold,
         ignore_class=case.ignore_class,
+        num_bins=64,
         sample_weight=weights,
     )
     expected = sklearn_reference(case)
     np.testing.assert_allclose(state.confusion_matrix, expected["confusion_matrix"], atol=1e-9)
-    scores = F.classification_scores(state, labels=case.scored_labels)
+    scores = F.classification_scores(state, labels=case.scored_labels, task=case.task)
     for name in ("precision", "recall", "f1", "support"):
         np.testing.assert_allclose(scores[name], expected[name], atol=1e-12, err_msg=name)
     assert scores["f1_macro"] == pytest.approx(expected["f1_macro"], abs=1e-12)
+    assert_scores_match_reference(scores, expected, atol=1e-12)
+
+
+# -- ROC AUC, agreement scores, calibration, decision thresholds --------------------------------
+def off_edges(values, num_bins):
+    """No value within 1e-6 of a bin edge: there float32 binning and the reference's float64
+    comparisons may pick neighbouring bins."""
+    scaled = np.asarray(values) * num_bins
+    return bool(np.all(np.abs(scaled - np.round(scaled)) > 1e-6 * num_bins))
+
+
+@st.composite
+def scored_samples(draw, max_classes=6, max_samples=60):
+    """(y_true, probabilities, weights): Dirichlet scores, some absent classes, 0-3 weights
+    (not all 0)."""
+    num_classes = draw(st.integers(2, max_classes))
+    num_samples = draw(st.integers(2, max_samples))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    present = rng.choice(num_classes, size=draw(st.integers(1, num_classes)), replace=False)
+    y_true = rng.choice(present, num_samples)
+    probabilities = rng.dirichlet(
+        np.ones(num_classes) * draw(st.sampled_from([0.3, 1.0])), num_samples
+    )
+    weights = (
+        rng.integers(0, 4, num_samples).astype(float)
+        if draw(st.booleans())
+        else np.ones(num_samples)
+    )
+    weights[0] = max(weights[0], 1.0)  # scikit-learn refuses all-zero weights
+    return y_true, probabilities, weights
+
+
+@settings(max_examples=150, deadline=None)
+@given(samples=scored_samples())
+def test_agreement_scores_equal_sklearn(samples):
+    y_true, probabilities, weights = samples
+    y_pred = probabilities.argmax(axis=1)
+    state = F.state_from_predictions(y_true, probabilities, sample_weight=weights)
+    ours = F.agreement_scores_from_confusion_matrix(state.confusion_matrix)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = {
+            "balanced_accuracy": skm.balanced_accuracy_score(y_true, y_pred, sample_weight=weights),
+            "mcc": skm.matthews_corrcoef(y_true, y_pred, sample_weight=weights),
+            "cohen_kappa": skm.cohen_kappa_score(y_true, y_pred, sample_weight=weights),
+        }
+    for name, value in theirs.items():
+        assert_same(ours[name], value)
+
+
+@settings(max_examples=150, deadline=None)
+@given(samples=scored_samples(), num_bins=st.sampled_from([1, 3, 10, 100]))
+def test_binned_roc_auc(samples, num_bins):
+    """Exact on bin-centred scores (the same ties); scikit-learn's AUC on raw scores lies
+    inside the tie interval; NaN where scikit-learn raises (one class only)."""
+    y_true, raw, weights = samples
+    num_classes = raw.shape[1]
+    positives = y_true[:, None] == np.arange(num_classes)
+    centred = (F.score_bins(raw, num_bins) + 0.5) / num_bins
+
+    def sklearn_auc(scores):
+        return np.array(
+            [
+                skm.roc_auc_score(positives[:, c], scores[:, c], sample_weight=weights)
+                if 0 < np.sum(weights * positives[:, c]) < np.sum(weights)
+                else np.nan
+                for c in range(num_classes)
+            ]
+        )
+
+    binned = F.state_from_predictions(y_true, centred, num_bins=num_bins, sample_weight=weights)
+    auc, _, _ = F.roc_auc_from_histogram(binned.score_histogram)
+    np.testing.assert_allclose(auc, sklearn_auc(centred), atol=1e-12)
+
+    state = F.state_from_predictions(y_true, raw, num_bins=num_bins, sample_weight=weights)
+    _, lower, upper = F.roc_auc_from_histogram(state.score_histogram)
+    exact = sklearn_auc(raw)
+    np.testing.assert_array_equal(np.isnan(exact), np.isnan(lower))
+    defined = ~np.isnan(exact)
+    assert np.all(lower[defined] - 1e-12 <= exact[defined])
+    assert np.all(exact[defined] <= upper[defined] + 1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(samples=scored_samples(), num_bins=st.sampled_from([5, 10, 20]))
+def test_reliability_curves_equal_sklearn_calibration_curve(samples, num_bins):
+    y_true, probabilities, _ = samples
+    histogram_bins = num_bins * 8
+
+    assume(off_edges(probabilities, histogram_bins))
+    state = F.state_from_predictions(y_true, probabilities, num_bins=histogram_bins)
+    fraction, counts, edges = F.reliability_curve_from_histogram(state.score_histogram, num_bins)
+    np.testing.assert_allclose(edges, np.linspace(0, 1, num_bins + 1))
+    for c in range(probabilities.shape[1]):
+        positive = y_true == c
+        if not positive.any() or positive.all():  # calibration_curve needs both classes
+            continue
+        prob_true, _ = calibration_curve(positive, probabilities[:, c], n_bins=num_bins)
+        filled = counts[c] > 0
+        assert_same(fraction[c][filled], prob_true)
+        assert np.all(np.isnan(fraction[c][~filled]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(samples=scored_samples(), binary=st.booleans())
+def test_expected_calibration_error_equals_a_numpy_reference(samples, binary):
+    """Binary: the top label is class 1 when p > 1 - p, its confidence max(p, 1 - p)."""
+    y_true, probabilities, weights = samples
+    assume(off_edges(probabilities, F.CALIBRATION_BINS))
+    if binary:
+        y_true, positive = (y_true > 0).astype(int), probabilities[:, 0]
+        state = F.state_from_predictions(
+            y_true, positive, task="binary", num_bins=8, sample_weight=weights
+        )
+        probabilities = np.stack([1 - positive, positive], axis=1)
+    else:
+        state = F.state_from_predictions(y_true, probabilities, num_bins=8, sample_weight=weights)
+    expected = ece_reference(y_true, probabilities, weights)
+    assert F.expected_calibration_error(state.calibration) == pytest.approx(expected, abs=1e-12)
+    accuracy, confidence, counts, _ = F.top_label_reliability(state.calibration)
+    filled = counts > 0
+    gaps = np.abs(accuracy[filled] - confidence[filled])
+    assert np.sum(counts[filled] * gaps) / counts.sum() == pytest.approx(expected, abs=1e-12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    num_samples=st.integers(1, 80),
+    num_bins=st.sampled_from([1, 4, 10, 64]),
+    seed=st.integers(0, 2**16),
+    weighted=st.booleans(),
+)
+def test_f1_optimal_threshold_is_the_best_bin_edge(num_samples, num_bins, seed, weighted):
+    """On bin-centred scores the F1 at the chosen threshold is scikit-learn's F1 of
+    ``score >= threshold``, and no bin edge gives more."""
+    rng = np.random.default_rng(seed)
+    y_true = (rng.random(num_samples) < rng.uniform(0.05, 0.6)).astype(int)
+    scores = (F.score_bins(rng.beta(0.7, 0.7, num_samples), num_bins) + 0.5) / num_bins
+    weights = rng.integers(0, 4, num_samples).astype(float) if weighted else None
+    state = F.state_from_predictions(
+        y_true, scores, task="binary", num_bins=num_bins, sample_weight=weights
+    )
+    thresholds, f1 = F.f1_optimal_threshold_from_histogram(state.score_histogram)
+    if not np.sum(y_true * (1 if weights is None else weights)):
+        assert np.isnan(thresholds[1]) and np.isnan(f1[1])
+        return
+
+    def sklearn_f1(threshold):
+        return skm.f1_score(y_true, scores >= threshold, sample_weight=weights, zero_division=0.0)
+
+    assert f1[1] == pytest.approx(sklearn_f1(thresholds[1]), abs=1e-12)
+    best_over_edges = max(sklearn_f1(b / num_bins) for b in range(num_bins))
+    assert f1[1] == pytest.approx(best_over_edges, abs=1e-12)
+    scores_ = F.classification_scores(state, task="binary")
+    assert list(scores_["threshold_labels"]) == [1]
+    assert scores_["threshold"][0] == thresholds[1]

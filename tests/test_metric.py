@@ -8,7 +8,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from _inputs import CASE_IDS, CASES, sklearn_reference
+from _inputs import CASE_IDS, CASES, assert_scores_match_reference, sklearn_reference
 from sklearn import metrics as skm
 
 from mlflow_mcmetrics import ClassificationMetrics
@@ -219,10 +219,12 @@ def test_every_case_matches_scikit_learn(case):
     state, rejected = metric.state()
     expected = sklearn_reference(case)
     np.testing.assert_allclose(state.confusion_matrix, expected["confusion_matrix"], atol=1e-9)
-    scores = F.classification_scores(state, labels=metric.scored_labels)
+    scores = F.classification_scores(state, labels=metric.scored_labels, task=metric.task)
     for name in ("precision", "recall", "f1", "support"):
         np.testing.assert_allclose(scores[name], expected[name], atol=1e-12, err_msg=name)
     assert float(metric.result()) == pytest.approx(expected["f1_macro"], abs=1e-6)
+    # agreement scores are exact (counts); the ECE's confidence sums are float32 on the device
+    assert_scores_match_reference(scores, expected, atol=1e-6)
     assert list(rejected) == [0, 0]
     # Every counted row lands once in each class's histogram.
     _, _, weights, kept = case.flat()

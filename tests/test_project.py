@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 
 import mlflow
+import numpy as np
 import pytest
+from _inputs import ece_reference
 from conftest import REPO_ROOT
+from scipy.special import softmax
+from sklearn.metrics import roc_auc_score
 from test_readme import subprocess_env
 
 from mlflow_mcmetrics import cli
@@ -90,6 +96,32 @@ def test_every_loss_trains_and_mcmetrics_compare_reads_the_runs(tracking, tmp_pa
     assert cli.main(["compare", "--experiment", experiment_name, "--output", "out"]) == 0
     rows = (tmp_path / "out" / "comparison.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == names
+    page = (tmp_path / "out" / "comparison.html").read_text()
+    carried = json.loads(re.search(r'id="mcmetrics-data">(.*?)</script>', page).group(1))
+    assert [row["group"] for row in carried["rows"]] == names
+    assert sum(len(ids) for ids in carried["run_ids"].values()) == len(names)
+    assert carried["train_counts"]["0"] > carried["train_counts"]["9"]  # head to tail
+
+
+def test_test_split_scores_are_computed_from_probabilities(tracking):
+    """The MLproject's CNN outputs logits; its test_* values are those of their softmax."""
+
+    class LogitModel:
+        def predict(self, x, verbose=0):
+            return x
+
+    rng = np.random.default_rng(0)
+    y_test = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3)) * 2
+    logits[np.arange(300), y_test] += 1.0
+    with mlflow.start_run():
+        values = cli._test_scores(LogitModel(), logits, y_test, ["a", "b", "c"])
+    probabilities = softmax(logits, axis=1)
+    for c, name in enumerate("abc"):
+        exact = roc_auc_score(y_test == c, probabilities[:, c])
+        assert values[f"test_roc_auc/{name}"] == pytest.approx(exact, abs=1e-3)
+    ones = np.ones(len(y_test))
+    assert values["test_ece"] == pytest.approx(ece_reference(y_test, probabilities, ones), abs=1e-9)
 
 
 @pytest.mark.parametrize(

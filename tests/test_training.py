@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 import tensorflow as tf
+from _inputs import ece_reference
 from sklearn import metrics as skm
 
 import mlflow_mcmetrics
@@ -52,6 +53,49 @@ def assert_logged(client, run_id, expected, num_epochs):
         assert [m.step for m in history] == list(range(num_epochs)), key
 
 
+def assert_curve_scores_logged(client, run_id, y_true, y_score, task, last_epoch, names=None):
+    """The last epoch's ``val_`` scores beyond precision/recall/F1 against scikit-learn on
+    ``model.predict(x_val)`` (``y_score``: probabilities, ``(N, C)``; binary ``(N,)``):
+    confusion-matrix scores exact, ROC AUC inside its logged tie interval, ECE to 0.005, and
+    the F1 at each logged threshold equal to scikit-learn's F1 of ``score >= threshold``."""
+    metrics = client.get_run(run_id).data.metrics
+    folder = f"runs:/{run_id}/mcmetrics/epochs/{last_epoch:04d}"
+    if task == "binary":
+        y_score = np.stack([1 - y_score, y_score], axis=1)
+    num_classes = y_score.shape[1]
+    names = names or [str(c) for c in range(num_classes)]
+    if task == "multilabel":
+        positives = y_true.astype(bool)
+    else:
+        positives = y_true[:, None] == np.arange(num_classes)
+        y_pred = y_score.argmax(1) if task == "multiclass" else (y_score[:, 1] > 0.5).astype(int)
+        for key, score in (
+            ("balanced_accuracy", skm.balanced_accuracy_score),
+            ("mcc", skm.matthews_corrcoef),
+            ("cohen_kappa", skm.cohen_kappa_score),
+        ):
+            assert metrics[f"val_{key}"] == pytest.approx(score(y_true, y_pred), abs=1e-9), key
+        assert metrics["val_ece"] == pytest.approx(
+            ece_reference(y_true, y_score, np.ones(len(y_true))), abs=0.005
+        )
+    curves = mlflow.artifacts.load_dict(f"{folder}/val_roc_curves.json")["curves"]
+    for c, name in enumerate(names):
+        exact = skm.roc_auc_score(positives[:, c], y_score[:, c])
+        lower, upper = curves[name]["roc_auc_bounds"]
+        assert lower - 1e-9 <= exact <= upper + 1e-9, name
+        assert lower <= metrics[f"val_roc_auc/{name}"] <= upper
+    if task != "multiclass":
+        thresholds = mlflow.artifacts.load_dict(f"runs:/{run_id}/mcmetrics/thresholds.json")
+        assert thresholds["split"] == "val" and thresholds["epoch"] == last_epoch
+        threshold_classes = [1] if task == "binary" else range(num_classes)
+        assert list(thresholds["thresholds"]) == [names[c] for c in threshold_classes]
+        for c in threshold_classes:
+            threshold = thresholds["thresholds"][names[c]]
+            assert metrics[f"val_threshold/{names[c]}"] == threshold
+            f1 = skm.f1_score(positives[:, c], y_score[:, c] >= threshold)
+            assert metrics[f"val_f1_at_threshold/{names[c]}"] == pytest.approx(f1, abs=1e-9)
+
+
 def dense_model(inputs, outputs, activation, hidden=16):
     keras.utils.set_random_seed(0)
     return keras.Sequential(
@@ -90,8 +134,12 @@ def test_multiclass(tracking, digits, layout):
     model.fit(x, targets, validation_data=(xv, val_targets), epochs=3, batch_size=128, verbose=0)
 
     run_id = run_id_of_last_fit()
-    predicted = model.predict(xv, verbose=0).argmax(-1)
+    scores = model.predict(xv, verbose=0)
+    predicted = scores.argmax(-1)
     assert_logged(client, run_id, expected_scores(yv, predicted, list(range(10)), "val_"), 3)
+    if layout == "logits":
+        scores = keras.ops.convert_to_numpy(keras.ops.softmax(scores))
+    assert_curve_scores_logged(client, run_id, yv, scores, "multiclass", 2)
     params = client.get_run(run_id).data.params
     assert params["mcmetrics.task"] == "multiclass"
     assert params["mcmetrics.from_logits"] == str(layout == "logits")
@@ -108,13 +156,17 @@ def test_binary_one_sigmoid_unit(tracking, digits):
     model.compile(optimizer="adam", loss="binary_crossentropy")
     model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0)
 
-    predicted = (model.predict(xv, verbose=0)[:, 0] > 0.5).astype(int)
+    probability = model.predict(xv, verbose=0)[:, 0]
+    predicted = (probability > 0.5).astype(int)
     expected = expected_scores(yv, predicted, [0, 1], "val_")
     expected = {
         k.replace("/0", "/rest").replace("/1", "/low digit"): v for k, v in expected.items()
     }
     run_id = run_id_of_last_fit()
     assert_logged(client, run_id, expected, 2)
+    assert_curve_scores_logged(
+        client, run_id, yv.astype(int), probability, "binary", 1, names=["rest", "low digit"]
+    )
     assert client.get_run(run_id).data.params["mcmetrics.task"] == "binary"
 
 
@@ -131,10 +183,13 @@ def test_multilabel_with_logits(tracking):
     )
     model.fit(x, y, validation_data=(xv, yv), epochs=3, batch_size=100, verbose=0)
 
-    predicted = (model.predict(xv, verbose=0) > 0).astype(int)  # sigmoid(z) > 0.5
+    logits = model.predict(xv, verbose=0)
+    predicted = (logits > 0).astype(int)  # sigmoid(z) > 0.5
     expected = expected_scores(yv, predicted, list(range(30)), "val_")
     run_id = run_id_of_last_fit()
     assert_logged(client, run_id, expected, 3)
+    probabilities = keras.ops.convert_to_numpy(keras.ops.sigmoid(logits))
+    assert_curve_scores_logged(client, run_id, yv, probabilities, "multilabel", 2)
     assert client.get_run(run_id).data.params["mcmetrics.task"] == "multilabel"
 
 
@@ -331,6 +386,8 @@ def test_thousand_classes_all_logged_in_one_epoch(tracking):
     model.fit(x, y, validation_data=(x[:1000], y[:1000]), epochs=1, batch_size=500, verbose=0)
     metrics = client.get_run(run_id_of_last_fit()).data.metrics
     for prefix in ("", "val_"):
-        for name in ("precision", "recall", "f1", "ap"):
+        for name in ("precision", "recall", "f1", "ap", "roc_auc"):
             assert sum(k.startswith(f"{prefix}{name}/") for k in metrics) == 1000, (prefix, name)
-    assert len(metrics) == 2 * (4 * 1000 + 6)
+    # 5 per-class keys; f1 macro/micro/weighted, precision/recall macro, map, roc_auc_macro,
+    # balanced_accuracy, mcc, cohen_kappa, ece
+    assert len(metrics) == 2 * (5 * 1000 + 11)

@@ -9,6 +9,7 @@ failure. Screenshots go to ``build/ui/``.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from conftest import REPO_ROOT, _free_port
 from PIL import Image
@@ -275,3 +277,185 @@ def test_ui_shows_a_runs_confusion_matrix(page, postgres_server, postgres_compar
         arg=[width, height],
     )
     page.screenshot(path=SCREENSHOTS / "run_confusion_matrix.png")
+
+
+# -- the interactive pages, inside the MLflow UI -------------------------------------------------
+def open_html_artifact(page, uri: str, experiment_id: str, run_id: str, path: str):
+    """Open the HTML artifact ``path`` in the run's Artifacts tab with every request that is not
+    to the tracking server refused; returns ``(frame, outside, errors)``: the iframe the UI
+    shows it in, the URLs refused, and the console errors and uncaught exceptions."""
+    outside, errors = [], []
+
+    def only_the_server(route):
+        if route.request.url.startswith(uri):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.context.route("**/*", only_the_server)
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    open_model_training_view(page, uri, f"/experiments/{experiment_id}/runs/{run_id}")
+    page.get_by_role("tab", name="Artifacts").click()
+    *folders, file_name = path.split("/")
+    for folder in folders:
+        page.get_by_text(folder, exact=True).first.click()
+    errors.clear()  # from here on, only what opening the page does
+    page.get_by_text(file_name, exact=True).click()
+    frame = page.locator("iframe.mlflow-html-iframe").element_handle().content_frame()
+    frame.wait_for_selector("#app h1")
+    return frame, outside, errors
+
+
+def set_epoch(frame, index: int) -> None:
+    frame.eval_on_selector(
+        "#epoch",
+        "(slider, index) => { slider.value = index; slider.dispatchEvent(new Event('input')); }",
+        index,
+    )
+    frame.wait_for_function("index => document.querySelector('#epoch').value == index", arg=index)
+
+
+def shown_matrix(frame) -> dict[tuple[int, int], str]:
+    cells = frame.eval_on_selector_all(
+        "#matrix td", "cells => cells.map(c => [+c.dataset.row, +c.dataset.column, c.textContent])"
+    )
+    return {(row, column): text for row, column, text in cells}
+
+
+def shown_classes(frame) -> dict[str, dict[str, str]]:
+    rows = frame.eval_on_selector_all(
+        "#classes tbody tr",
+        "rows => rows.map(r => Object.fromEntries([...r.children].map("
+        "  c => [c.dataset.key, c.textContent])))",
+    )
+    return {row["name"]: row for row in rows}
+
+
+def assert_shows(text: str, value: float) -> None:
+    """A number as the page shows it (4 decimals, integers bare) against the logged value."""
+    assert float(text) == pytest.approx(value, abs=5e-5 + 1e-9), (text, value)
+
+
+def test_dashboard_in_the_ui_shows_each_epochs_logged_numbers(
+    page, postgres_server, postgres_comparison, tmp_path
+):
+    experiment_id, children = postgres_comparison
+    run_id = children["logit_adjusted"].info.run_id
+    client = mlflow.MlflowClient(postgres_server)
+    frame, outside, errors = open_html_artifact(
+        page, postgres_server, experiment_id, run_id, "mcmetrics/dashboard.html"
+    )
+    frame.wait_for_selector("#matrix td")
+    page.screenshot(path=SCREENSHOTS / "dashboard_in_ui.png")
+
+    def artifact(epoch: int, stem: str) -> dict:
+        path = f"mcmetrics/epochs/{epoch:04d}/val_{stem}.json"
+        return json.loads(Path(client.download_artifacts(run_id, path, str(tmp_path))).read_text())
+
+    shown = {}
+    for epoch in (1, 0):  # the slider starts at the last epoch
+        set_epoch(frame, epoch)
+        frame.wait_for_function(
+            "epoch => document.querySelector('#epoch-label').textContent === `epoch ${epoch}`",
+            arg=epoch,
+        )
+        matrix = artifact(epoch, "confusion_matrix")["matrix"]
+        shown[epoch] = shown_matrix(frame)
+        assert shown[epoch] == {
+            (row, column): str(count)
+            for row, counts in enumerate(matrix)
+            for column, count in enumerate(counts)
+        }
+        classes = shown_classes(frame)
+        pr, roc = artifact(epoch, "pr_curves")["curves"], artifact(epoch, "roc_curves")["curves"]
+        for name in map(str, range(10)):
+            assert_shows(classes[name]["ap"], pr[name]["average_precision"])
+            assert_shows(classes[name]["roc_auc"], roc[name]["roc_auc"])
+            (f1,) = [
+                m.value
+                for m in client.get_metric_history(run_id, f"val_f1/{name}")
+                if m.step == epoch
+            ]
+            assert_shows(classes[name]["f1"], f1)
+    assert matrix != artifact(1, "confusion_matrix")["matrix"]  # training moved the matrix...
+    assert shown[0] != shown[1]  # ...and so did the slider
+    assert errors == [] and outside == []
+
+
+def test_comparison_page_in_the_ui_shows_every_loss_and_class(
+    page, postgres_server, postgres_comparison
+):
+    experiment_id, children = postgres_comparison
+    client = mlflow.MlflowClient(postgres_server)
+    (parent,) = [
+        run
+        for run in client.search_runs([experiment_id])
+        if "mlflow.parentRunId" not in run.data.tags
+    ]
+    frame, outside, errors = open_html_artifact(
+        page, postgres_server, experiment_id, parent.info.run_id, "comparison/comparison.html"
+    )
+    frame.wait_for_selector("#comparison tbody tr")
+    page.screenshot(path=SCREENSHOTS / "comparison_in_ui.png")
+    groups = frame.eval_on_selector_all(
+        "#comparison tbody tr", "rows => rows.map(r => r.children[0].textContent)"
+    )
+    assert sorted(groups) == sorted(LOSSES)
+    headers = frame.eval_on_selector_all("#comparison th", "cells => cells.map(c => c.textContent)")
+    assert all(f"F1 {c}" in headers for c in range(10))
+    for loss, child in children.items():
+        for c in range(10):
+            bar = frame.locator(f"#bars rect[data-group='{loss}'][data-class='{c}']")
+            assert float(bar.get_attribute("data-mean")) == pytest.approx(
+                child.data.metrics[f"test_f1/{c}"]
+            )  # one seed: the mean is the run's value
+        assert child.info.run_id in frame.locator("#runs").text_content()
+    assert errors == [] and outside == []
+
+
+def test_dashboard_at_a_thousand_classes_opens_without_errors(browser, tmp_path):
+    """1000 classes x 6 epochs (synthetic predictions): the canvas matrix, search, top-k."""
+    from _inputs import softmax
+
+    from mlflow_mcmetrics import functional, pages
+
+    rng = np.random.default_rng(0)
+    num_classes, labels = 1000, list(range(1000))
+    records = []
+    for epoch in range(6):
+        y_true = np.repeat(np.arange(num_classes), 10)
+        logits = rng.normal(size=(len(y_true), num_classes))
+        logits[np.arange(len(y_true)), y_true] += (
+            np.linspace(5, 0.5, num_classes)[y_true] * (epoch + 1) / 10
+        )
+        state = functional.state_from_predictions(y_true, softmax(logits), num_bins=4096)
+        scores = functional.classification_scores(state)
+        records.append(
+            pages.epoch_record(epoch, "val", state, scores, labels, curves=epoch in (0, 5))
+        )
+    names = [f"class {c:04d}" for c in labels]
+    path = tmp_path / "dashboard.html"
+    path.write_text(
+        pages.dashboard_html(
+            pages.dashboard_data("1000 classes", names, labels, "multiclass", records)
+        )
+    )
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    errors = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(path.as_uri())
+    page.wait_for_selector("canvas#matrix")
+    assert page.locator("#classes tbody tr").count() == 1000
+    page.screenshot(path=SCREENSHOTS / "dashboard_1000.png")
+    page.fill("#search", "class 09")
+    assert page.locator("#classes tbody tr").count() == 100
+    page.fill("#search", "")
+    page.select_option("#focus", "worst")
+    assert page.locator("#classes tbody tr").count() == 10
+    assert page.locator("#matrix td").count() == 100  # 10 x 10: a table with numbers again
+    context.close()
+    assert errors == []
