@@ -218,8 +218,10 @@ def autolog(
         ignore_class: class index left out everywhere (e.g. a padding id).
         log_train: log training-split metrics as well as validation.
         confusion_matrix: log confusion-matrix artifacts.
-        pr_curves: accumulate score histograms and log average precision and PR curves.
-        pr_thresholds: score bins per class for PR curves.
+        pr_curves: accumulate score histograms (and calibration counts) and log what they
+            give: average precision, ROC AUC, ECE, decision thresholds, and the PR, ROC and
+            reliability curves. ``False`` turns all of these off.
+        pr_thresholds: score bins per class of those histograms.
         log_every_n_epochs: artifact frequency: every n-th epoch, or ``"auto"`` (the first
             epoch, then at most every 30 s, and the last; step metrics are logged every epoch).
         zero_division: value of undefined precision/recall/F1 (0.0, 1.0 or NaN).

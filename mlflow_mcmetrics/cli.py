@@ -212,6 +212,7 @@ def compare_losses(
     train_counts = dict(
         zip(class_keys, np.bincount(data.y_train, minlength=len(class_keys)).tolist(), strict=True)
     )
+    class_keys = _head_to_tail(class_keys, train_counts)
     results = []
     run_ids: dict[str, list[str]] = {}
     with mlflow.start_run():
@@ -283,6 +284,8 @@ def compare_experiment(experiment: str, output: str = "comparison", group_by: st
         entry["key"] for entry in labels["labels"] if entry["index"] != labels.get("ignore_class")
     ]
     runs = sorted(runs, key=lambda r: r.info.start_time)
+    train_counts = _train_counts(runs[0].info.run_id, labels)
+    class_keys = _head_to_tail(class_keys, train_counts)
     results = [(run.data.params.get(group_by, run.info.run_name), run.data.metrics) for run in runs]
     run_ids: dict[str, list[str]] = {}
     for (group, _), run in zip(results, runs, strict=True):
@@ -295,7 +298,7 @@ def compare_experiment(experiment: str, output: str = "comparison", group_by: st
     (folder / "comparison.md").write_text(report.comparison_to_markdown(table))
     plots.plot_comparison(table, title=title).savefig(folder / "comparison.png", dpi=100)
     (folder / "comparison.html").write_text(
-        _comparison_page(table, title, run_ids, _train_counts(runs[0].info.run_id, labels)),
+        _comparison_page(table, title, run_ids, train_counts),
         encoding="utf-8",
     )
     print(report.comparison_to_markdown(table), flush=True)
@@ -304,6 +307,13 @@ def compare_experiment(experiment: str, output: str = "comparison", group_by: st
         flush=True,
     )
     return table
+
+
+def _head_to_tail(class_keys: list[str], train_counts: dict[str, int] | None) -> list[str]:
+    """Classes by training count, most first (ties and unknown counts keep their order)."""
+    if not train_counts:
+        return class_keys
+    return sorted(class_keys, key=lambda key: -train_counts.get(key, 0))
 
 
 def _train_counts(run_id: str, labels: dict) -> dict[str, int] | None:

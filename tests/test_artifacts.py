@@ -82,19 +82,48 @@ def test_final_pngs_reports_and_stepped_images(tracking, digits):
     _, run_id = train_digits(digits, 3)
     run = client.get_run(run_id)
     local = client.download_artifacts(run_id, "mcmetrics")
-    for name in ("confusion_matrix.png", "pr_curves.png", "f1_by_epoch.png"):
+    for name in (
+        "confusion_matrix.png",
+        "pr_curves.png",
+        "roc_curves.png",
+        "calibration.png",
+        "f1_by_epoch.png",
+    ):
         with Image.open(f"{local}/{name}") as image:
             assert image.format == "PNG" and image.size[0] > 300
     document = json.loads(open(f"{local}/classification_report.json").read())
     assert document["epoch"] == 2 and document["split"] == "val"
     for row in document["classes"]:
-        for name in ("precision", "recall", "f1", "ap"):
+        for name in ("precision", "recall", "f1", "ap", "roc_auc"):
             assert row[name] == run.data.metrics[f"val_{name}/{row['name']}"]
+    for name in ("map", "roc_auc_macro", "balanced_accuracy", "mcc", "cohen_kappa", "ece"):
+        assert document[name] == run.data.metrics[f"val_{name}"]
     markdown = open(f"{local}/classification_report.md").read()
     assert "| macro |" in markdown and "Most confused pairs" in markdown
+    assert "| Matthews correlation |" in markdown and "ROC AUC tie interval" in markdown
+    final = {f.path.rsplit("/", 1)[1] for f in client.list_artifacts(run_id, "mcmetrics")}
+    assert "dashboard.html" in final and "thresholds.json" not in final  # multiclass
     images = [f.path for f in client.list_artifacts(run_id, "images")]
     assert any("val_plots~confusion_matrix+step+0" in path for path in images)
     assert any("val_plots~pr_curves+step+0" in path for path in images)
+
+
+def test_pr_curves_false_turns_off_everything_that_needs_histograms(tracking, digits):
+    client, _ = tracking
+    _, run_id = train_digits(digits, 2, pr_curves=False)
+    keys = client.get_run(run_id).data.metrics
+    for name in ("ap/", "roc_auc", "map", "ece", "threshold"):
+        assert not [key for key in keys if name in key], name
+    for name in ("balanced_accuracy", "mcc", "cohen_kappa"):  # from the confusion matrix
+        assert f"val_{name}" in keys
+    files = [f.path for f in client.list_artifacts(run_id, "mcmetrics/epochs/0001")]
+    assert [path.rsplit("/", 1)[1] for path in files] == [
+        "train_confusion_matrix.json",
+        "val_confusion_matrix.json",
+    ]
+    final = {f.path.rsplit("/", 1)[1] for f in client.list_artifacts(run_id, "mcmetrics")}
+    assert {"roc_curves.png", "calibration.png", "pr_curves.png"}.isdisjoint(final)
+    assert {"confusion_matrix.png", "dashboard.html"} <= final
 
 
 def test_multilabel_writes_one_two_by_two_per_label(tracking):
