@@ -195,6 +195,12 @@ _FORMATTERS = {
 }
 
 
+def _score_bins(scores, num_bins: int):
+    """:func:`functional.score_bins` in ``keras.ops`` (float32, as there): the bin of each
+    score in ``[0, 1]``, 1.0 in the last."""
+    return ops.clip(ops.cast(ops.floor(scores * num_bins), "int32"), 0, num_bins - 1)
+
+
 def _weights_like(sample_weight, mask, shape):
     """One weight per prediction row: sample weights times the Keras mask (padding = 0)."""
     weights = ops.ones(shape, dtype="float32")
@@ -378,7 +384,7 @@ class ClassificationMetrics(keras.metrics.Metric):
         cell_weights["rejected"] = rejected
         if self.pr_thresholds:
             num_bins = self.pr_thresholds
-            bins = ops.clip(ops.cast(ops.floor(scores * num_bins), "int32"), 0, num_bins - 1)
+            bins = _score_bins(scores, num_bins)
             cells["score_histogram"] = (positive * num_bins + bins) * num_classes + classes
             cell_weights["score_histogram"] = ops.broadcast_to(row_weights, ops.shape(bins))
             if self.task != "multilabel":
@@ -394,7 +400,7 @@ class ClassificationMetrics(keras.metrics.Metric):
         num_bins = functional.CALIBRATION_BINS
         confidence = ops.max(scores, axis=-1)
         correct = ops.cast(ops.cast(ops.argmax(scores, axis=-1), "int32") == labels, "float32")
-        bins = ops.clip(ops.cast(ops.floor(confidence * num_bins), "int32"), 0, num_bins - 1)
+        bins = _score_bins(confidence, num_bins)
         return (
             ops.stack([bins, num_bins + bins, 2 * num_bins + bins]),
             ops.stack([weights, weights * correct, weights * confidence]),

@@ -177,6 +177,7 @@ def comparison_data(
     head to tail)."""
     return {
         **table,
+        "score_names": {name: report.COMPARED_NAMES[name] for name in table["scores"]},
         "title": title,
         "group_by": group_by,
         "run_ids": {group: list(ids) for group, ids in run_ids.items()},

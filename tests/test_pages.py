@@ -115,3 +115,4 @@ def test_the_comparison_page_carries_the_table_and_run_ids():
     carried = page_data(pages.comparison_html(data))
     assert carried["rows"][0]["f1"]["tail"] == pytest.approx([0.3, 0.1])
     assert carried["scores"] == ["mcc"] and carried["run_ids"]["cce"] == ["a", "b"]
+    assert carried["score_names"] == {"mcc": "MCC"}  # the page's column names come with it

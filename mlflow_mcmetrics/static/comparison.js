@@ -9,8 +9,6 @@
   const classes = data.classes;
   const rows = data.rows;
   const tail = new Set(data.tail_classes);
-  const SUMMARY = { map: "mAP", roc_auc_macro: "macro ROC AUC", balanced_accuracy: "balanced acc.",
-    mcc: "MCC", cohen_kappa: "kappa", ece: "ECE" };
   const meanStd = ([mean, std]) => (std ? `${format(mean, 3)} ± ${format(std, 3)}` : format(mean, 3));
 
   function barChart() {
@@ -69,7 +67,7 @@
     { key: "runs", label: "runs" },
     { key: "f1_macro", label: "macro F1", format: (v, row) => meanStd(row.f1_macro_pair) },
     { key: "tail_f1", label: `tail-${tail.size} F1`, format: (v, row) => meanStd(row.tail_f1_pair) },
-    ...data.scores.map((name) => ({ key: name, label: SUMMARY[name] || name,
+    ...data.scores.map((name) => ({ key: name, label: data.score_names[name],
       format: (v, row) => meanStd(row.score_pairs[name]) })),
     ...classes.map((name) => ({ key: `f1/${name}`, label: `F1 ${name}`,
       format: (v, row) => meanStd(row.f1[name]) }))];
