@@ -223,7 +223,8 @@ def autolog(
             reliability curves. ``False`` turns all of these off.
         pr_thresholds: score bins per class of those histograms.
         log_every_n_epochs: artifact frequency: every n-th epoch, or ``"auto"`` (the first
-            epoch, then at most every 30 s, and the last; step metrics are logged every epoch).
+            epoch ending 30 s or more after training started or after the previous artifacts,
+            and the last; step metrics are logged every epoch).
         zero_division: value of undefined precision/recall/F1 (0.0, 1.0 or NaN).
         disable: undo a previous ``autolog()``.
         exclusive: do not log into runs the user started.

@@ -12,7 +12,6 @@ import base64
 import concurrent.futures
 import dataclasses
 import functools
-import io
 import json
 import os
 import time
@@ -45,8 +44,11 @@ __all__ = [
 IMAGE_SECTION = "plots"
 #: Largest share of wall time that drawing per-epoch images may take (see _log_epoch_images).
 RENDER_TIME_SHARE = 0.1
-#: With ``log_every_n_epochs="auto"``: the first epoch's artifacts, then those of the first
-#: epoch ending at least this long after the previous artifacts, and the last epoch's. On
+#: How long before the end of training the second render process is started: it takes about
+#: a second to import matplotlib, and draws the end-of-training figures beside the first.
+RENDER_WARM_UP_S = 2.0
+#: With ``log_every_n_epochs="auto"``: the artifacts of the first epoch ending at least this
+#: long after training started or after the previous artifacts, and the last epoch's. On
 #: sub-second epochs per-epoch artifacts would cost more than training (benchmarks/README.md);
 #: on epochs longer than this, every epoch gets them.
 AUTO_ARTIFACT_INTERVAL_S = 30.0
@@ -103,12 +105,8 @@ def metric_scores(state: functional.ClassificationState, metric: ClassificationM
     )
 
 
-def _png_base64(image: np.ndarray) -> str:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+def _png_base64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
 
 
 @dataclasses.dataclass
@@ -117,7 +115,7 @@ class _EpochResult:
     scores: dict[str, dict]
     states: dict[str, functional.ClassificationState]
     json_logged: bool = False
-    images: dict[str, np.ndarray] | None = None
+    images: dict[str, bytes] | None = None  # PNG by artifact stem
 
     @property
     def report_split(self) -> str:
@@ -162,7 +160,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
     ``on_test_begin``, before Keras resets the metrics for validation.
 
     Every ``log_every_n_epochs`` epochs (by default ``"auto"``: at most every
-    :data:`AUTO_ARTIFACT_INTERVAL_S` seconds), and for the last epoch, it also logs
+    :data:`AUTO_ARTIFACT_INTERVAL_S` seconds of training), and for the last epoch, it also logs
     ``mcmetrics/epochs/{epoch:04d}/{split}_confusion_matrix.json`` and ``..._pr_curves.json``,
     and the confusion-matrix and PR-curve images of the report split (validation if present,
     else training) as time-stepped images (keys ``{prefix}plots/confusion_matrix``,
@@ -233,7 +231,9 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._render_process: RenderProcess | None = None
         self._rendering: concurrent.futures.Future | None = None
         self._next_render = 0.0
-        self._last_artifacts: float | None = None
+        self._train_start = 0.0  # time.monotonic() of on_train_begin
+        self._last_artifacts = 0.0  # time.monotonic() of training start or the last artifacts
+        self._last_metrics: dict | None = None  # the last epoch's metrics record
 
     # -- which metrics, which run --------------------------------------------------------------
     def _metrics_by_output(self) -> dict[str | None, ClassificationMetrics] | None:
@@ -291,7 +291,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.history.clear()  # like keras.callbacks.History: one fit() at a time
-        self._last_artifacts = None
+        self._train_start = self._last_artifacts = time.monotonic()
+        self._last_metrics = None
         self._outputs = []
         self._resolve_outputs()
         if self.log_to_mlflow and is_chief():
@@ -304,7 +305,9 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._renderer = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="mcmetrics-render"
         )
+        # Started now, so that its imports are done (at low priority) before the first figure.
         self._render_process = RenderProcess()
+        self._render_process.start()
         if self._outputs:
             self._log_run_description()
 
@@ -386,15 +389,15 @@ class MCMetricsCallback(keras.callbacks.Callback):
             "kind": "metrics",
             "metrics": [[k, v, timestamp, epoch] for k, v in values.items()],
         }
-        if self._model_id is not None:
-            # MLflow's Keras autologging links the run's metrics to the model it logs: ours too.
-            # Its model logging copies every step-0 metric of the run onto that model and, with
-            # more than 100 keys at step 0, fails on a duplicate insert (MLflow 3.17's
-            # SqlAlchemyStore._log_model_metrics): our epoch-0 values arrive after it.
-            record["model_id"] = self._model_id
-            if epoch == 0:
-                record["after_model"] = self._model_id
+        if self._model_id is not None and epoch == 0:
+            # MLflow's model logging copies every step-0 metric of the run onto the model and,
+            # with more than 100 keys at step 0, fails on a duplicate insert (MLflow 3.17's
+            # SqlAlchemyStore._log_model_metrics): our epoch-0 values arrive after it, linked.
+            record.update(model_id=self._model_id, after_model=self._model_id)
         outbox.put(record)
+        self._last_metrics = record
+        if self._ends_soon(epoch):
+            self._render_process.start(processes=2)
         artifacts_due = self._artifacts_due(epoch)
         for output, result in results:
             self._record_for_dashboard(output, result, curves=artifacts_due)
@@ -426,11 +429,19 @@ class MCMetricsCallback(keras.callbacks.Callback):
             )
         )
 
+    def _ends_soon(self, epoch: int) -> bool:
+        """Whether training will probably end within :data:`RENDER_WARM_UP_S` (at the
+        mean epoch duration so far), or ends with the next epoch."""
+        epochs = (self.params or {}).get("epochs")
+        if not epochs:
+            return False
+        mean_epoch = (time.monotonic() - self._train_start) / (epoch + 1)
+        return (epochs - 1 - epoch) * mean_epoch <= RENDER_WARM_UP_S or epoch >= epochs - 2
+
     def _artifacts_due(self, epoch: int) -> bool:
         if self.log_every_n_epochs != "auto":
             return epoch % self.log_every_n_epochs == 0
-        last = self._last_artifacts
-        return last is None or time.monotonic() - last >= AUTO_ARTIFACT_INTERVAL_S
+        return time.monotonic() - self._last_artifacts >= AUTO_ARTIFACT_INTERVAL_S
 
     def _epoch_result(self, output: _OutputLog, epoch: int) -> _EpochResult | None:
         splits: dict[str, functional.ClassificationState] = {}
@@ -516,7 +527,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
                     )
         result.json_logged = True
 
-    def _draw(self, output: _OutputLog, result: _EpochResult) -> dict[str, np.ndarray]:
+    def _draw(self, output: _OutputLog, result: _EpochResult) -> dict[str, bytes]:
         """The report split's confusion-matrix and PR-curve images, by artifact stem, drawn
         in the render process (see :mod:`mlflow_mcmetrics.render`)."""
         split = result.report_split
@@ -530,6 +541,20 @@ class MCMetricsCallback(keras.callbacks.Callback):
             title=self._title(output, result),
             confusion_matrix=self.confusion_matrix,
         )
+
+    def _draw_epoch_images(self, output: _OutputLog, result: _EpochResult) -> None:
+        """Draw the epoch's images and queue them as time-stepped images."""
+        result.images = self._draw(output, result)
+        prefix = output.prefix(result.report_split)
+        for stem, image in result.images.items():
+            self._fit_run.outbox.put(
+                {
+                    "kind": "image",
+                    "key": metric_key(prefix, IMAGE_SECTION, stem),
+                    "step": result.epoch,
+                    "png": _png_base64(image),
+                }
+            )
 
     @staticmethod
     def _title(output: _OutputLog, result: _EpochResult) -> str:
@@ -547,29 +572,41 @@ class MCMetricsCallback(keras.callbacks.Callback):
         """
         started = time.monotonic()
         for output, result in results:
-            result.images = self._draw(output, result)
-            prefix = output.prefix(result.report_split)
-            for stem, image in result.images.items():
-                self._fit_run.outbox.put(
-                    {
-                        "kind": "image",
-                        "key": metric_key(prefix, IMAGE_SECTION, stem),
-                        "step": result.epoch,
-                        "png": _png_base64(image),
-                    }
-                )
+            self._draw_epoch_images(output, result)
         finished = time.monotonic()
         self._next_render = finished + (finished - started) * (1 / RENDER_TIME_SHARE - 1)
 
     @guarded("log the final artifacts")
     def _log_final_artifacts(self, output: _OutputLog) -> None:
-        """The last finished epoch: its per-epoch artifacts if not logged yet, the PNGs, reports."""
+        """The last finished epoch: its per-epoch artifacts if not logged yet, the PNGs, reports.
+
+        The figures are drawn (in the render process) while this thread builds the reports.
+        """
         result = output.last_epoch
         if not result.json_logged:
             self._log_epoch_json(output, result)
+        with concurrent.futures.ThreadPoolExecutor(2) as drawing:
+            # Side by side in two render processes: the epoch's images, the end-of-training ones.
+            epoch_images = drawing.submit(self._epoch_images, output, result)
+            final_images = drawing.submit(self._final_images, output, result)
+            self._log_reports(output, result)
+            outbox = self._fit_run.outbox
+            for stem, image in {**epoch_images.result(), **final_images.result()}.items():
+                outbox.put(
+                    {
+                        "kind": "png",
+                        "artifact_file": f"{output.artifact_dir}/{stem}.png",
+                        "png": _png_base64(image),
+                    }
+                )
+
+    def _epoch_images(self, output: _OutputLog, result: _EpochResult) -> dict[str, bytes]:
         if result.images is None:
-            result.images = self._draw(output, result)
-        images = dict(result.images)
+            self._draw_epoch_images(output, result)
+        return result.images
+
+    def _final_images(self, output: _OutputLog, result: _EpochResult) -> dict[str, bytes]:
+        images = {}
         split = result.report_split
         labels = output.metric.scored_labels
         names = [output.class_names[label] for label in labels]
@@ -581,27 +618,26 @@ class MCMetricsCallback(keras.callbacks.Callback):
                 title=f"F1 by class and epoch ({split})",
             )
         )
-        scores = result.scores[split]
         if result.states[split].score_histogram is not None:
             images.update(
                 self._render_process.draw(
                     figure="plot_roc_and_calibration",
                     state=result.states[split],
-                    scores=scores,
+                    scores=result.scores[split],
                     class_names=output.class_names,
                     labels=labels,
                     title=self._title(output, result),
                 )
             )
+        return images
+
+    @guarded("log the final reports")
+    def _log_reports(self, output: _OutputLog, result: _EpochResult) -> None:
+        """``thresholds.json``, ``classification_report.json``/``.md`` and ``dashboard.html``."""
+        split = result.report_split
+        labels = output.metric.scored_labels
+        scores = result.scores[split]
         outbox = self._fit_run.outbox
-        for stem, image in images.items():
-            outbox.put(
-                {
-                    "kind": "png",
-                    "artifact_file": f"{output.artifact_dir}/{stem}.png",
-                    "png": _png_base64(image),
-                }
-            )
         if "threshold" in scores:
             outbox.put(
                 {
@@ -668,11 +704,25 @@ class MCMetricsCallback(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._fit_run is None:
             return
+        self._link_last_epoch_to_model()
         self._wait_for_images()
         for output in self._outputs:
             if output.last_epoch is not None:
                 self._log_final_artifacts(output)
         self._finish("FINISHED")
+
+    def _link_last_epoch_to_model(self) -> None:
+        """Link the last epoch's values to the model MLflow's autologging logs, as MLflow
+        links its own: the model then shows the values it was logged with. The run already
+        has them; MLflow stores a repeated (key, value, timestamp, step) row once. Only the
+        first and the last epochs are linked: MLflow loads every linked row each time it
+        reads the model (``get_logged_model``), and per-class rows of every epoch made its
+        model logging a second slower (benchmarks/README.md)."""
+        record, self._last_metrics = self._last_metrics, None
+        if self._model_id is not None and record is not None and "model_id" not in record:
+            self._fit_run.outbox.put(
+                {"kind": "metrics", "metrics": record["metrics"], "model_id": self._model_id}
+            )
 
     @guarded("finish the run")
     def _finish(self, status: str) -> None:

@@ -1,7 +1,9 @@
 """Delivery to the tracking server that survives outages: queue, retry, spool, sync.
 
 Everything the callback logs goes through an :class:`Outbox`. A sender thread delivers the
-records in order, so the training thread only queues them. Before it talks to an HTTP tracking
+records in order, so the training thread only queues them; the MLflow calls themselves are
+made in a child process (:class:`DeliveryProcess`), where they do not hold the training
+process's GIL. Before it talks to an HTTP tracking
 server after a failure, the sender asks ``GET /health`` with a 3-second timeout
 (:func:`reachable`): a dead server costs one quick probe per epoch instead of MLflow's retry
 loop (7 retries, about four minutes), and the process environment is never touched (changing
@@ -20,11 +22,13 @@ answers, and ``mcmetrics sync`` does if it never did during training.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import concurrent.futures
 import io
 import json
 import os
+import posixpath
 import tempfile
 import threading
 import time
@@ -36,8 +40,10 @@ from pathlib import Path
 import requests
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import ErrorCode
 from mlflow.tracking import MlflowClient
 
+from mlflow_mcmetrics.child import ChildFailed, ChildProcess
 from mlflow_mcmetrics.events import logger, warn
 
 __all__ = ["OFFLINE_PREFIX", "Outbox", "finish_pending", "flush", "reachable", "spool_dirs", "sync"]
@@ -49,6 +55,13 @@ MODEL_WAIT_SECONDS = 600.0
 #: How long the sender waits for one delivery before it counts as failed. A server that dies
 #: during a call keeps MLflow's client in its retry loop (7 retries, about four minutes).
 DELIVERY_TIMEOUT = 20.0
+#: Least time between two delivery rounds while training runs: the metrics of the epochs that
+#: end meanwhile go in one ``log_batch``. MLflow's SQL store spends about half of a call's time
+#: per call rather than per row (benchmarks/README.md), and on sub-second epochs that work
+#: competes with Keras' step loop for the GIL. Closing the outbox ends the wait.
+SEND_INTERVAL = 1.0
+#: Rows per merged ``log_batch``: MLflow's own limit per request (``MAX_METRICS_PER_BATCH``).
+MAX_ROWS_PER_BATCH = 1000
 
 
 def reachable(tracking_uri: str) -> bool:
@@ -107,11 +120,12 @@ def _deliver(client: MlflowClient, run_id: str, record: dict) -> str:
         )
     elif kind == "text":
         client.log_text(run_id, record["text"], record["artifact_file"])
-    elif kind == "png":
-        from PIL import Image
-
-        image = Image.open(io.BytesIO(base64.b64decode(record["png"])))
-        client.log_image(run_id, image, artifact_file=record["artifact_file"])
+    elif kind == "png":  # already encoded: stored as it is, as log_text stores text
+        folder, name = posixpath.split(record["artifact_file"])
+        with tempfile.TemporaryDirectory() as local:
+            path = Path(local, name)
+            path.write_bytes(base64.b64decode(record["png"]))
+            client.log_artifact(run_id, str(path), folder or None)
     elif kind == "image":  # a time-stepped image (log_image key/step)
         from PIL import Image
 
@@ -326,7 +340,11 @@ class Outbox:
                     )
                 self._failing = not delivered
                 self._changed.notify_all()
-                if delivered and self._queue and self._only_held():
+                if delivered and self._closed_at is None:
+                    self._changed.wait_for(
+                        lambda: self._closed_at is not None or self._stopped, SEND_INTERVAL
+                    )
+                elif delivered and self._queue and self._only_held():
                     self._changed.wait(0.5)  # held records: look at the logged model again soon
 
     def _next(self) -> tuple[int, dict | Callable[[], dict]] | None:
@@ -345,19 +363,30 @@ class Outbox:
             return None
         return 0, self._queue[0]
 
+    def _merged(self, position: int, record: dict) -> tuple[dict, int]:
+        """``record`` with the metrics records queued right after it for the same model merged
+        into it (up to :data:`MAX_ROWS_PER_BATCH` rows), and how many records it stands for."""
+        if record["kind"] != "metrics":
+            return record, 1
+        rows, count = list(record["metrics"]), 1
+        with self._changed:
+            for following in list(self._queue)[position + 1 :]:
+                if (
+                    not isinstance(following, dict)
+                    or following["kind"] != "metrics"
+                    or following.get("model_id") != record.get("model_id")
+                    or following.get("after_model") != record.get("after_model")
+                    or len(rows) + len(following["metrics"]) > MAX_ROWS_PER_BATCH
+                ):
+                    break
+                rows += following["metrics"]
+                count += 1
+        return ({**record, "metrics": rows} if count > 1 else record), count
+
     def _deliver_in_time(self, record: dict) -> str:
-        """:func:`_deliver` on a helper thread, given up after :data:`DELIVERY_TIMEOUT` (raises
-        ``TimeoutError``). A call given up on may still arrive later: records are idempotent."""
-        result: concurrent.futures.Future = concurrent.futures.Future()
-
-        def deliver():
-            try:
-                result.set_result(_deliver(self.client, self.run_id, record))
-            except BaseException as error:  # noqa: BLE001 - handed to the sender
-                result.set_exception(error)
-
-        threading.Thread(target=deliver, name="mcmetrics-delivery", daemon=True).start()
-        return result.result(DELIVERY_TIMEOUT)
+        """:func:`_deliver` in the delivery process, given up after :data:`DELIVERY_TIMEOUT`
+        (raises ``TimeoutError``). A call given up on may still arrive: records are idempotent."""
+        return _DELIVERY.deliver(self._tracking_uri, self.client, self.run_id, record)
 
     def _send_queued(self) -> bool:
         """Deliver what may be sent until nothing is left (True) or a delivery fails (False).
@@ -378,6 +407,7 @@ class Outbox:
                 record = record()
                 with self._changed:
                     self._queue[position] = record  # built once, even if its delivery is retried
+            record, count = self._merged(position, record)
             try:
                 self.run_id = self._deliver_in_time(record)
             except MlflowException as error:
@@ -395,8 +425,95 @@ class Outbox:
             with self._changed:
                 if self._stopped:
                     return True
-                del self._queue[position]
+                for _ in range(count):
+                    del self._queue[position]
 
+
+class DeliveryProcess:
+    """Makes the MLflow calls of every outbox of this process in one child process (``nice``
+    10, see :mod:`mlflow_mcmetrics.child`).
+
+    MLflow's SQL store spends about 20 ms of pure Python on one epoch's metrics; on a thread
+    of the training process that competes with Keras' step loop for the GIL and slows
+    training by about twice as much (benchmarks/README.md). If the child cannot run, the
+    calls are made here, on a helper thread, with one warning.
+    """
+
+    def __init__(self):
+        self._child = ChildProcess("mlflow_mcmetrics.outbox:_deliver_request", niceness=10)
+        self._broken = False
+
+    def deliver(self, tracking_uri: str, client: MlflowClient, run_id: str, record: dict) -> str:
+        """:func:`_deliver` within :data:`DELIVERY_TIMEOUT` (else ``TimeoutError``)."""
+        if not self._broken:
+            try:
+                outcome = self._child.request((tracking_uri, run_id, record), DELIVERY_TIMEOUT)
+            except ChildFailed as error:
+                self._broken = True
+                warn(
+                    "mlflow_mcmetrics delivers to MLflow from the training process: the "
+                    f"delivery process failed ({error})."
+                )
+            else:
+                return _delivered_or_raise(outcome)
+        return _deliver_on_a_thread(client, run_id, record)
+
+    def close(self) -> None:
+        self._child.close()
+
+
+def _deliver_on_a_thread(client: MlflowClient, run_id: str, record: dict) -> str:
+    """:func:`_deliver` on a helper thread, given up after :data:`DELIVERY_TIMEOUT`."""
+    result: concurrent.futures.Future = concurrent.futures.Future()
+
+    def deliver():
+        try:
+            result.set_result(_deliver(client, run_id, record))
+        except BaseException as error:  # noqa: BLE001 - handed to the sender
+            result.set_exception(error)
+
+    threading.Thread(target=deliver, name="mcmetrics-delivery", daemon=True).start()
+    return result.result(DELIVERY_TIMEOUT)
+
+
+_CHILD_CLIENTS: dict[str, MlflowClient] = {}
+
+
+def _deliver_request(request: tuple[str, str, dict]) -> tuple:
+    """In the delivery process: :func:`_deliver`, its failure as plain values (MLflow's and
+    ``requests``' exceptions do not all survive pickling)."""
+    tracking_uri, run_id, record = request
+    client = _CHILD_CLIENTS.get(tracking_uri)
+    if client is None:
+        client = _CHILD_CLIENTS[tracking_uri] = MlflowClient(tracking_uri)
+    try:
+        return ("delivered", _deliver(client, run_id, record))
+    except MlflowException as error:
+        return ("mlflow", error.error_code, error.message)
+    except Exception as error:  # noqa: BLE001 - handed to the sender, which retries later
+        return ("failed", type(error).__name__, str(error))
+
+
+def _delivered_or_raise(outcome: tuple) -> str:
+    kind, *details = outcome
+    if kind == "delivered":
+        return details[0]
+    if kind == "mlflow":
+        error_code, message = details
+        known = error_code in ErrorCode.keys()
+        raise MlflowException(
+            message, error_code=ErrorCode.Value(error_code if known else "INTERNAL_ERROR")
+        )
+    raise DeliveryFailed(": ".join(details))
+
+
+class DeliveryFailed(Exception):
+    """A delivery in the delivery process raised (the exception's type name and message)."""
+
+
+_DELIVERY = DeliveryProcess()
+# Registered on import, before runs.py's exit hook, so that it runs after that hook's deliveries.
+atexit.register(_DELIVERY.close)
 
 #: Outboxes closed with records held for a logged model; :func:`finish_pending` ends them.
 _PENDING: set[Outbox] = set()

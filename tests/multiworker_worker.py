@@ -51,7 +51,7 @@ def custom_loop(strategy):
         optimizer = keras.optimizers.Adam(0.01)
         metric = ClassificationMetrics(10, from_logits=True, pr_thresholds=256)
         loss_object = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
-    callback = MCMetricsCallback(metric=metric, class_names=CLASS_NAMES)
+    callback = MCMetricsCallback(metric=metric, class_names=CLASS_NAMES, log_every_n_epochs=1)
     callback.set_model(model)
 
     def batches(features, labels):
@@ -95,7 +95,7 @@ def custom_loop(strategy):
 
 def autolog_fit(strategy):
     x, y, x_val, y_val = data()
-    mlflow_mcmetrics.autolog(class_names=CLASS_NAMES)
+    mlflow_mcmetrics.autolog(class_names=CLASS_NAMES, log_every_n_epochs=1)
     with strategy.scope():
         model = build_model()
         model.compile(

@@ -231,7 +231,7 @@ def test_a_model_built_at_its_first_fit_gets_the_metric_on_that_fit(tracking, di
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0)
-    assert not [w for w in caught if "mlflow_mcmetrics" in str(w.message)]
+    assert not [str(w.message) for w in caught if "mlflow_mcmetrics" in str(w.message)]
     predicted = model.predict(xv, verbose=0).argmax(-1)
     assert_logged(
         client, run_id_of_last_fit(), expected_scores(yv, predicted, list(range(10)), "val_"), 2

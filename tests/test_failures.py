@@ -27,7 +27,7 @@ from conftest import REPO_ROOT, MlflowServer
 from test_training import dense_model
 
 import mlflow_mcmetrics
-from mlflow_mcmetrics import MCMetricsWarning
+from mlflow_mcmetrics import MCMetricsCallback, MCMetricsWarning
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +45,8 @@ class Progress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         print(f"pausing after epoch {{epoch}}", flush=True)
         time.sleep({pause})
+        while epoch == {wait_after_epoch} and not os.path.exists("go-on"):
+            time.sleep(0.1)
 
 x, y = load_digits(return_X_y=True)
 x = (x / 16).astype("float32")
@@ -61,10 +63,17 @@ print("after fit", time.time(), flush=True)
 """
 
 
-def training_script(tmp_path: Path, *, epochs=3, pause=0.0, after="", prelude="") -> Path:
+def training_script(
+    tmp_path: Path, *, epochs=3, pause=0.0, after="", prelude="", wait_after_epoch=-1
+) -> Path:
+    """A training script; after epoch ``wait_after_epoch`` it waits for a file ``go-on`` in its
+    working directory."""
     script = tmp_path / "train.py"
     script.write_text(
-        textwrap.dedent(prelude) + TRAINING.format(epochs=epochs, pause=pause, after=after)
+        textwrap.dedent(prelude)
+        + TRAINING.format(
+            epochs=epochs, pause=pause, after=after, wait_after_epoch=wait_after_epoch
+        )
     )
     return script
 
@@ -192,7 +201,8 @@ def test_server_down_at_start_trains_at_once_and_sync_creates_the_run(tmp_path):
 def test_server_back_during_training_creates_the_run_then(tmp_path):
     """Item 2: the offline run is created when the server answers, with the backlog."""
     uri = closed_port_uri()
-    script = training_script(tmp_path, epochs=6, pause=1.0)
+    # Training waits after epoch 2 until the server is up (it may take seconds to start).
+    script = training_script(tmp_path, epochs=6, pause=0.5, wait_after_epoch=2)
     child = subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
@@ -207,6 +217,7 @@ def test_server_back_during_training_creates_the_run_then(tmp_path):
         for line in child.stdout:
             if line.startswith("epoch 1 "):
                 server.start()
+                (tmp_path / "go-on").touch()
                 break
         out, err = child.communicate(timeout=300)
         assert child.returncode == 0, err[-3000:]
@@ -357,3 +368,130 @@ def test_warnings_have_their_category_and_silent_silences_them(tracking, digits)
         assert len(ours) == (0 if silent else 1), [str(w.message) for w in caught]
         if not silent:
             assert "10 train samples had labels outside [0, 10)" in str(ours[0].message)
+
+
+def _fit_with_history(digits, epochs, callbacks=()):
+    """A fit under autolog(); returns its run id and what our callback computed."""
+    x, y, xv, yv = digits
+    mlflow_mcmetrics.autolog()
+    model = dense_model(64, 10, "softmax")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    captured = {}
+    original = MCMetricsCallback.on_train_end
+
+    def keep_history(self, logs=None):
+        captured.update({key: list(values) for key, values in self.history.items()})
+        original(self, logs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MCMetricsCallback, "on_train_end", keep_history)
+        model.fit(
+            x,
+            y,
+            validation_data=(xv, yv),
+            epochs=epochs,
+            batch_size=128,
+            verbose=0,
+            callbacks=list(callbacks),
+        )
+    return mlflow.last_active_run().info.run_id, captured
+
+
+def _assert_every_epoch_logged(client, run_id, history):
+    for key in ("val_f1/3", "recall/0", "val_map", "val_ece"):
+        logged = [
+            m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        ]
+        assert logged == pytest.approx(history[key], nan_ok=True), key
+
+
+def test_mlflow_calls_are_made_in_the_delivery_process(tracking, digits, monkeypatch):
+    """MLflow's SQL store holds the GIL for ~20 ms per epoch's metrics: that work happens in a
+    child process, never in the training process."""
+    from mlflow_mcmetrics import outbox
+
+    client, _ = tracking
+    keys_sent_here = []
+    log_batch = mlflow.MlflowClient.log_batch
+
+    def recording_log_batch(self, run_id, metrics=(), *args, **kwargs):
+        keys_sent_here.extend(metric.key for metric in metrics)
+        return log_batch(self, run_id, metrics, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", recording_log_batch)
+    fresh = outbox.DeliveryProcess()
+    monkeypatch.setattr(outbox, "_DELIVERY", fresh)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MCMetricsWarning)
+        run_id, history = _fit_with_history(digits, 3)
+    assert not [key for key in keys_sent_here if "/" in key]  # no per-class key sent here
+    assert fresh._child._process.poll() is None  # the child lives on for the next fit
+    _assert_every_epoch_logged(client, run_id, history)
+    fresh.close()
+
+
+class _KillDeliveryProcess(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        from mlflow_mcmetrics import outbox
+
+        process = outbox._DELIVERY._child._process
+        if epoch == 1 and process is not None:
+            process.kill()
+            process.wait()
+
+
+def test_a_killed_delivery_process_loses_nothing(tracking, digits, monkeypatch):
+    from mlflow_mcmetrics import outbox
+
+    client, _ = tracking
+    fresh = outbox.DeliveryProcess()
+    monkeypatch.setattr(outbox, "_DELIVERY", fresh)
+    run_id, history = _fit_with_history(digits, 4, [_KillDeliveryProcess()])
+    _assert_every_epoch_logged(client, run_id, history)
+    fresh.close()
+
+
+def test_without_a_delivery_process_this_process_delivers(tracking, digits, monkeypatch):
+    from mlflow_mcmetrics import outbox
+
+    client, _ = tracking
+    monkeypatch.setattr(outbox, "_DELIVERY", outbox.DeliveryProcess())
+    monkeypatch.setattr("sys.executable", "/bin/false")  # the child exits at once
+    with pytest.warns(MCMetricsWarning, match="delivers to MLflow from the training process"):
+        run_id, history = _fit_with_history(digits, 3)
+    _assert_every_epoch_logged(client, run_id, history)
+
+
+def test_queued_metrics_of_several_epochs_go_in_one_batch():
+    """Consecutive metrics records for the same model merge, up to MLflow's batch limit;
+    anything else (another model, an artifact) ends the merge, so the order is kept."""
+    from mlflow_mcmetrics.outbox import MAX_ROWS_PER_BATCH, Outbox
+
+    outbox = Outbox("a-run", mlflow.MlflowClient(closed_port_uri()), silent=True)
+
+    def metrics(step, rows=2, **extra):
+        return {
+            "kind": "metrics",
+            "metrics": [[f"k{i}", 0.5, 0, step] for i in range(rows)],
+            **extra,
+        }
+
+    records = [
+        metrics(0),
+        metrics(1),
+        metrics(2),
+        metrics(3, model_id="m-1"),
+        {"kind": "text", "artifact_file": "a.json", "text": "{}"},
+        metrics(4),
+    ]
+    outbox._queue.extend(records)  # as put() queues them, without waking the sender
+    merged, count = outbox._merged(0, records[0])
+    assert count == 3 and [row[3] for row in merged["metrics"]] == [0, 0, 1, 1, 2, 2]
+    assert outbox._merged(3, records[3]) == (records[3], 1)
+    outbox._queue.clear()
+    big = [metrics(step, rows=MAX_ROWS_PER_BATCH // 2) for step in range(3)]
+    outbox._queue.extend(big)
+    merged, count = outbox._merged(0, big[0])
+    assert count == 2 and len(merged["metrics"]) == MAX_ROWS_PER_BATCH
+    outbox._queue.clear()
+    outbox.close(timeout=1)
