@@ -25,7 +25,7 @@ from mlflow_mcmetrics import functional, pages, report
 from mlflow_mcmetrics.events import guarded, warn
 from mlflow_mcmetrics.metrics import ClassificationMetrics
 from mlflow_mcmetrics.naming import class_key_components, metric_key
-from mlflow_mcmetrics.render import RenderProcess
+from mlflow_mcmetrics.render import RenderProcess, renderer
 from mlflow_mcmetrics.report import ARTIFACT_DIR
 from mlflow_mcmetrics.runs import FitRun, start_fit_run
 from mlflow_mcmetrics.validation import check_arguments
@@ -232,6 +232,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._rendering: concurrent.futures.Future | None = None
         self._next_render = 0.0
         self._train_start = 0.0  # time.monotonic() of on_train_begin
+        self._epochs_done = 0  # epochs logged since then
         self._last_artifacts = 0.0  # time.monotonic() of training start or the last artifacts
         self._last_metrics: dict | None = None  # the last epoch's metrics record
 
@@ -292,6 +293,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.history.clear()  # like keras.callbacks.History: one fit() at a time
         self._train_start = self._last_artifacts = time.monotonic()
+        self._epochs_done = 0
         self._last_metrics = None
         self._outputs = []
         self._resolve_outputs()
@@ -301,12 +303,13 @@ class MCMetricsCallback(keras.callbacks.Callback):
     @guarded("start logging")
     def _start_run(self) -> None:
         self._fit_run = start_fit_run(self.run_id, silent=self.silent, tags=self._run_tags)
-        self._fit_run.on_finish = self._close_renderers
+        self._fit_run.on_finish = self._wait_for_images
         self._renderer = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="mcmetrics-render"
         )
-        # Started now, so that its imports are done (at low priority) before the first figure.
-        self._render_process = RenderProcess()
+        # Started now (if not running yet), so that its imports are done (at low priority)
+        # before the first figure.
+        self._render_process = renderer()
         self._render_process.start()
         if self._outputs:
             self._log_run_description()
@@ -396,6 +399,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
             record.update(model_id=self._model_id, after_model=self._model_id)
         outbox.put(record)
         self._last_metrics = record
+        self._epochs_done += 1
         if self._ends_soon(epoch):
             self._render_process.start(processes=2)
         artifacts_due = self._artifacts_due(epoch)
@@ -435,7 +439,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         epochs = (self.params or {}).get("epochs")
         if not epochs:
             return False
-        mean_epoch = (time.monotonic() - self._train_start) / (epoch + 1)
+        mean_epoch = (time.monotonic() - self._train_start) / self._epochs_done
         return (epochs - 1 - epoch) * mean_epoch <= RENDER_WARM_UP_S or epoch >= epochs - 2
 
     def _artifacts_due(self, epoch: int) -> bool:
@@ -580,7 +584,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
     def _log_final_artifacts(self, output: _OutputLog) -> None:
         """The last finished epoch: its per-epoch artifacts if not logged yet, the PNGs, reports.
 
-        The figures are drawn (in the render process) while this thread builds the reports.
+        The figures are drawn (in the render processes) while this thread builds the reports.
         """
         result = output.last_epoch
         if not result.json_logged:
@@ -735,9 +739,3 @@ class MCMetricsCallback(keras.callbacks.Callback):
         if self._renderer is not None:
             self._renderer.shutdown(wait=True)
             self._renderer = None
-
-    def _close_renderers(self) -> None:
-        self._wait_for_images()
-        if self._render_process is not None:
-            self._render_process.close()
-            self._render_process = None

@@ -8,12 +8,13 @@ ran). The child lowers its own priority (``nice`` 19) so that training gets the 
 
 from __future__ import annotations
 
+import atexit
 import queue
 
 from mlflow_mcmetrics.child import ChildFailed, ChildProcess
 from mlflow_mcmetrics.events import warn
 
-__all__ = ["RenderProcess"]
+__all__ = ["RenderProcess", "renderer"]
 
 #: The figures a request may ask for: their function in :mod:`mlflow_mcmetrics.plots`, and the
 #: artifact stem of a function that draws a single figure.
@@ -67,7 +68,9 @@ class RenderProcess:
         self._broken = False
 
     def start(self, processes: int = 1) -> None:
-        """Start the first ``processes`` children now, while the caller goes on."""
+        """Start the first ``processes`` children now, while the caller goes on (and try
+        children again after a failure that made :meth:`draw` draw here)."""
+        self._broken = False
         for child in self._children[:processes]:
             try:
                 child.start()
@@ -94,3 +97,15 @@ class RenderProcess:
     def close(self) -> None:
         for child in self._children:
             child.close()
+
+
+#: The render processes of this Python process: every fit draws with them, so that a process
+#: training several models (``mlflow run . -e compare``, a test suite, a notebook) starts them
+#: once. They exit with it.
+_RENDERER = RenderProcess()
+atexit.register(_RENDERER.close)
+
+
+def renderer() -> RenderProcess:
+    """The render processes every fit of this process draws with."""
+    return _RENDERER
