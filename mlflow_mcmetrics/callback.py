@@ -234,7 +234,6 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._train_start = 0.0  # time.monotonic() of on_train_begin
         self._epochs_done = 0  # epochs logged since then
         self._last_artifacts = 0.0  # time.monotonic() of training start or the last artifacts
-        self._last_metrics: dict | None = None  # the last epoch's metrics record
 
     # -- which metrics, which run --------------------------------------------------------------
     def _metrics_by_output(self) -> dict[str | None, ClassificationMetrics] | None:
@@ -294,7 +293,6 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self.history.clear()  # like keras.callbacks.History: one fit() at a time
         self._train_start = self._last_artifacts = time.monotonic()
         self._epochs_done = 0
-        self._last_metrics = None
         self._outputs = []
         self._resolve_outputs()
         if self.log_to_mlflow and is_chief():
@@ -392,13 +390,15 @@ class MCMetricsCallback(keras.callbacks.Callback):
             "kind": "metrics",
             "metrics": [[k, v, timestamp, epoch] for k, v in values.items()],
         }
-        if self._model_id is not None and epoch == 0:
-            # MLflow's model logging copies every step-0 metric of the run onto the model and,
-            # with more than 100 keys at step 0, fails on a duplicate insert (MLflow 3.17's
-            # SqlAlchemyStore._log_model_metrics): our epoch-0 values arrive after it, linked.
-            record.update(model_id=self._model_id, after_model=self._model_id)
+        if self._model_id is not None:
+            # MLflow's Keras autologging links the run's metrics to the model it logs: ours too.
+            # Its model logging copies every step-0 metric of the run onto that model and, with
+            # more than 100 keys at step 0, fails on a duplicate insert (MLflow 3.17's
+            # SqlAlchemyStore._log_model_metrics): our epoch-0 values arrive after it.
+            record["model_id"] = self._model_id
+            if epoch == 0:
+                record["after_model"] = self._model_id
         outbox.put(record)
-        self._last_metrics = record
         self._epochs_done += 1
         if self._ends_soon(epoch):
             self._render_process.start(processes=2)
@@ -708,25 +708,11 @@ class MCMetricsCallback(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._fit_run is None:
             return
-        self._link_last_epoch_to_model()
         self._wait_for_images()
         for output in self._outputs:
             if output.last_epoch is not None:
                 self._log_final_artifacts(output)
         self._finish("FINISHED")
-
-    def _link_last_epoch_to_model(self) -> None:
-        """Link the last epoch's values to the model MLflow's autologging logs, as MLflow
-        links its own: the model then shows the values it was logged with. The run already
-        has them; MLflow stores a repeated (key, value, timestamp, step) row once. Only the
-        first and the last epochs are linked: MLflow loads every linked row each time it
-        reads the model (``get_logged_model``), and per-class rows of every epoch made its
-        model logging a second slower (benchmarks/README.md)."""
-        record, self._last_metrics = self._last_metrics, None
-        if self._model_id is not None and record is not None and "model_id" not in record:
-            self._fit_run.outbox.put(
-                {"kind": "metrics", "metrics": record["metrics"], "model_id": self._model_id}
-            )
 
     @guarded("finish the run")
     def _finish(self, status: str) -> None:

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import requests
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -477,6 +478,7 @@ def _deliver_on_a_thread(client: MlflowClient, run_id: str, record: dict) -> str
 
 
 _CHILD_CLIENTS: dict[str, MlflowClient] = {}
+_CHILD_EXPERIMENT: dict[str, tuple[str, str]] = {}  # "run": the run whose experiment is active
 
 
 def _deliver_request(request: tuple[str, str, dict]) -> tuple:
@@ -487,6 +489,13 @@ def _deliver_request(request: tuple[str, str, dict]) -> tuple:
     if client is None:
         client = _CHILD_CLIENTS[tracking_uri] = MlflowClient(tracking_uri)
     try:
+        if record.get("model_id") and _CHILD_EXPERIMENT.get("run") != (tracking_uri, run_id):
+            # MLflow 3.0's SQL store files a metric's link to a logged model under the active
+            # experiment of the process that logs it (SqlAlchemyStore._log_model_metrics; later
+            # versions take the run's): in this process, make that the run's experiment.
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
+            _CHILD_EXPERIMENT["run"] = (tracking_uri, run_id)
         return ("delivered", _deliver(client, run_id, record))
     except MlflowException as error:
         return ("mlflow", error.error_code, error.message)
