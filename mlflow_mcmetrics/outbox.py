@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import base64
 import concurrent.futures
+import functools
 import io
 import json
 import os
@@ -477,26 +478,36 @@ def _deliver_on_a_thread(client: MlflowClient, run_id: str, record: dict) -> str
     return result.result(DELIVERY_TIMEOUT)
 
 
-_CHILD_CLIENTS: dict[str, MlflowClient] = {}
-_CHILD_EXPERIMENT: dict[str, tuple[str, str]] = {}  # "run": the run whose experiment is active
+@functools.cache
+def _child_client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri)
+
+
+#: In the delivery process: the (tracking URI, run id) whose experiment is the active one.
+_experiment_active_for: tuple[str, str] | None = None
+
+
+def _activate_experiment_of(tracking_uri: str, run_id: str) -> None:
+    """MLflow 3.0's SQL store files a metric's link to a logged model under the active
+    experiment of the process that logs it (``SqlAlchemyStore._log_model_metrics``; later
+    versions take the run's): in the delivery process, make that the run's experiment (again
+    when records of another run, such as a concurrent fit's, came in between)."""
+    global _experiment_active_for
+    if _experiment_active_for != (tracking_uri, run_id):
+        mlflow.set_tracking_uri(tracking_uri)
+        client = _child_client(tracking_uri)
+        mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
+        _experiment_active_for = (tracking_uri, run_id)
 
 
 def _deliver_request(request: tuple[str, str, dict]) -> tuple:
     """In the delivery process: :func:`_deliver`, its failure as plain values (MLflow's and
     ``requests``' exceptions do not all survive pickling)."""
     tracking_uri, run_id, record = request
-    client = _CHILD_CLIENTS.get(tracking_uri)
-    if client is None:
-        client = _CHILD_CLIENTS[tracking_uri] = MlflowClient(tracking_uri)
     try:
-        if record.get("model_id") and _CHILD_EXPERIMENT.get("run") != (tracking_uri, run_id):
-            # MLflow 3.0's SQL store files a metric's link to a logged model under the active
-            # experiment of the process that logs it (SqlAlchemyStore._log_model_metrics; later
-            # versions take the run's): in this process, make that the run's experiment.
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
-            _CHILD_EXPERIMENT["run"] = (tracking_uri, run_id)
-        return ("delivered", _deliver(client, run_id, record))
+        if record.get("model_id"):
+            _activate_experiment_of(tracking_uri, run_id)
+        return ("delivered", _deliver(_child_client(tracking_uri), run_id, record))
     except MlflowException as error:
         return ("mlflow", error.error_code, error.message)
     except Exception as error:  # noqa: BLE001 - handed to the sender, which retries later

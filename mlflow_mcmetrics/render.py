@@ -68,9 +68,7 @@ class RenderProcess:
         self._broken = False
 
     def start(self, processes: int = 1) -> None:
-        """Start the first ``processes`` children now, while the caller goes on (and try
-        children again after a failure that made :meth:`draw` draw here)."""
-        self._broken = False
+        """Start the first ``processes`` children now, while the caller goes on."""
         for child in self._children[:processes]:
             try:
                 child.start()
