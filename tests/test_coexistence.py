@@ -100,11 +100,12 @@ def test_mlflow_logs_a_loadable_model_that_carries_our_metrics(
         filter_string=f"source_run_id = '{run_id}'", output_format="list"
     )
     assert logged.status == "READY"
+    # Ours are linked for the last epoch only: the values the model ends with.
     linked = {(m.key, m.step): m.value for m in logged.metrics}
     run_metrics = client.get_run(run_id).data.metrics
     for key in ("val_f1/3", "val_recall/9", "val_map", "f1/0"):
         assert linked[(key, 2)] == pytest.approx(run_metrics[key]), key
-        assert (key, 0) in linked, key
+        assert [step for linked_key, step in linked if linked_key == key] == [2], key
     output = run_without_package(
         f"""
         import mlflow, numpy as np
@@ -115,6 +116,36 @@ def test_mlflow_logs_a_loadable_model_that_carries_our_metrics(
         tmp_path,
     )
     assert "(3, 10)" in output
+
+
+def test_an_early_stopped_models_metrics_are_its_last_epochs(tracking, digits):
+    """The epoch a callback stops training at (EarlyStopping & co.) is the one linked."""
+    client, _ = tracking
+    x, y, xv, yv = digits
+    mlflow.keras.autolog()
+    mlflow_mcmetrics.autolog()
+    stop_at_epoch_1 = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: setattr(model, "stop_training", epoch == 1)
+    )
+    model = compiled_model()
+    model.fit(
+        x,
+        y,
+        validation_data=(xv, yv),
+        epochs=5,
+        batch_size=128,
+        verbose=0,
+        callbacks=[stop_at_epoch_1],
+    )
+    mlflow_mcmetrics.flush()
+    run_id = run_id_of_last_fit()
+    (logged,) = mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
+    linked = {(m.key, m.step): m.value for m in logged.metrics}
+    assert [step for key, step in linked if key == "val_f1/3"] == [1]
+    assert linked[("val_f1/3", 1)] == pytest.approx(client.get_run(run_id).data.metrics["val_f1/3"])
+    mlflow.keras.autolog(disable=True)
 
 
 def test_load_model_compiles_as_without_autolog(tracking, digits, tmp_path):
