@@ -65,6 +65,14 @@ def keras_registry_without_ours(monkeypatch):
             monkeypatch.delitem(object_registration.GLOBAL_CUSTOM_OBJECTS, name)
 
 
+def logged_model_of(run_id: str):
+    """The model MLflow logged from ``run_id``, and its linked metrics by (key, step)."""
+    (logged,) = mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
+    return logged, {(metric.key, metric.step): metric.value for metric in logged.metrics}
+
+
 @pytest.mark.parametrize("order", ["keras-first", "mcmetrics-first", "mlflow.autolog"])
 def test_mlflow_logs_a_loadable_model_that_carries_our_metrics(
     tracking, digits, order, tmp_path, keras_registry_without_ours
@@ -96,12 +104,9 @@ def test_mlflow_logs_a_loadable_model_that_carries_our_metrics(
     predicted = model.predict(xv, verbose=0).argmax(-1)
     assert_logged(client, run_id, expected_scores(yv, predicted, list(range(10)), "val_"), 3)
 
-    (logged,) = mlflow.search_logged_models(
-        filter_string=f"source_run_id = '{run_id}'", output_format="list"
-    )
+    logged, linked = logged_model_of(run_id)
     assert logged.status == "READY"
     # Ours are linked for the last epoch only: the values the model ends with.
-    linked = {(m.key, m.step): m.value for m in logged.metrics}
     run_metrics = client.get_run(run_id).data.metrics
     for key in ("val_f1/3", "val_recall/9", "val_map", "f1/0"):
         assert linked[(key, 2)] == pytest.approx(run_metrics[key]), key
@@ -139,10 +144,7 @@ def test_an_early_stopped_models_metrics_are_its_last_epochs(tracking, digits):
     )
     mlflow_mcmetrics.flush()
     run_id = run_id_of_last_fit()
-    (logged,) = mlflow.search_logged_models(
-        filter_string=f"source_run_id = '{run_id}'", output_format="list"
-    )
-    linked = {(m.key, m.step): m.value for m in logged.metrics}
+    _, linked = logged_model_of(run_id)
     assert [step for key, step in linked if key == "val_f1/3"] == [1]
     assert linked[("val_f1/3", 1)] == pytest.approx(client.get_run(run_id).data.metrics["val_f1/3"])
     mlflow.keras.autolog(disable=True)
