@@ -398,8 +398,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
             # duplicates run rows, which MLflow 3.0's log_batch rejects beyond 100 keys. The
             # last epoch is known here: Keras' `epochs`, or `stop_training` set by the
             # callbacks before this one (EarlyStopping & co.; this callback comes last).
-            last = epoch + 1 == self.params.get("epochs") or self.model.stop_training
-            if last:
+            if epoch + 1 == self._planned_epochs or self.model.stop_training:
                 record["model_id"] = self._model_id
             if epoch == 0:
                 # MLflow's model logging copies every step-0 metric of the run onto its model
@@ -441,10 +440,15 @@ class MCMetricsCallback(keras.callbacks.Callback):
             )
         )
 
+    @property
+    def _planned_epochs(self) -> int | None:
+        """The ``epochs`` of the running ``fit()`` (None in a loop that does not say)."""
+        return (self.params or {}).get("epochs")
+
     def _ends_soon(self, epoch: int) -> bool:
         """Whether training will probably end within :data:`RENDER_WARM_UP_S` (at the
         mean epoch duration so far), or ends with the next epoch."""
-        epochs = (self.params or {}).get("epochs")
+        epochs = self._planned_epochs
         if not epochs:
             return False
         mean_epoch = (time.monotonic() - self._train_start) / self._epochs_done

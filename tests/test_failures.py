@@ -405,11 +405,22 @@ def _assert_every_epoch_logged(client, run_id, history):
         assert logged == pytest.approx(history[key], nan_ok=True), key
 
 
-def test_mlflow_calls_are_made_in_the_delivery_process(tracking, digits, monkeypatch):
-    """MLflow's SQL store holds the GIL for ~20 ms per epoch's metrics: that work happens in a
-    child process, never in the training process."""
+@pytest.fixture
+def fresh_delivery(monkeypatch):
+    """A delivery process of the test's own in place of the shared one, closed afterwards."""
     from mlflow_mcmetrics import outbox
 
+    fresh = outbox.DeliveryProcess()
+    monkeypatch.setattr(outbox, "_DELIVERY", fresh)
+    yield fresh
+    fresh.close()
+
+
+def test_mlflow_calls_are_made_in_the_delivery_process(
+    tracking, digits, monkeypatch, fresh_delivery
+):
+    """MLflow's SQL store holds the GIL for ~20 ms per epoch's metrics: that work happens in a
+    child process, never in the training process."""
     client, _ = tracking
     keys_sent_here = []
     log_batch = mlflow.MlflowClient.log_batch
@@ -419,15 +430,12 @@ def test_mlflow_calls_are_made_in_the_delivery_process(tracking, digits, monkeyp
         return log_batch(self, run_id, metrics, *args, **kwargs)
 
     monkeypatch.setattr(mlflow.MlflowClient, "log_batch", recording_log_batch)
-    fresh = outbox.DeliveryProcess()
-    monkeypatch.setattr(outbox, "_DELIVERY", fresh)
     with warnings.catch_warnings():
         warnings.simplefilter("error", MCMetricsWarning)
         run_id, history = _fit_with_history(digits, 3)
     assert not [key for key in keys_sent_here if "/" in key]  # no per-class key sent here
-    assert fresh._child._process.poll() is None  # the child lives on for the next fit
+    assert fresh_delivery._child._process.poll() is None  # the child lives on for the next fit
     _assert_every_epoch_logged(client, run_id, history)
-    fresh.close()
 
 
 class _KillDeliveryProcess(keras.callbacks.Callback):
@@ -440,22 +448,16 @@ class _KillDeliveryProcess(keras.callbacks.Callback):
             process.wait()
 
 
-def test_a_killed_delivery_process_loses_nothing(tracking, digits, monkeypatch):
-    from mlflow_mcmetrics import outbox
-
+def test_a_killed_delivery_process_loses_nothing(tracking, digits, fresh_delivery):
     client, _ = tracking
-    fresh = outbox.DeliveryProcess()
-    monkeypatch.setattr(outbox, "_DELIVERY", fresh)
     run_id, history = _fit_with_history(digits, 4, [_KillDeliveryProcess()])
     _assert_every_epoch_logged(client, run_id, history)
-    fresh.close()
 
 
-def test_without_a_delivery_process_this_process_delivers(tracking, digits, monkeypatch):
-    from mlflow_mcmetrics import outbox
-
+def test_without_a_delivery_process_this_process_delivers(
+    tracking, digits, monkeypatch, fresh_delivery
+):
     client, _ = tracking
-    monkeypatch.setattr(outbox, "_DELIVERY", outbox.DeliveryProcess())
     monkeypatch.setattr("sys.executable", "/bin/false")  # the child exits at once
     with pytest.warns(MCMetricsWarning, match="delivers to MLflow from the training process"):
         run_id, history = _fit_with_history(digits, 3)
