@@ -79,6 +79,8 @@ def _heatmap(axis, values, names, title, fmt, colorbar_label, figure, vmax=None)
                 va="center",
                 fontsize=7 if len(names) > 12 else 9,
                 color="white" if value > threshold else "black",
+                # Inside their cells: constrained layout need not measure them.
+                in_layout=False,
             )
 
 

@@ -191,6 +191,40 @@ def test_xla_compiled_update_gives_the_eager_state():
     assert compiled.state()[0].confusion_matrix.sum() == 64 * len(starts)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow route")
+@pytest.mark.parametrize(
+    "classes, timesteps, with_xla",
+    [(300, None, True), (300, 4, True), (8, None, False), (300, "varying", False)],
+    ids=["many-classes", "many-classes-fixed-timesteps", "few-classes", "varying-timesteps"],
+)
+def test_tensorflow_steps_without_xla_scatter_many_cells_with_it(classes, timesteps, with_xla):
+    """Keras' CPU steps are not XLA-compiled; the scatters of 300 classes are, in a step of
+    any batch size, and count as the reference does. Few cells per batch, or a number of
+    timesteps that varies (one XLA compilation per length), keep TensorFlow's own kernels."""
+    import tensorflow as tf
+
+    steps = None if timesteps == "varying" else timesteps
+    rows = (None,) if timesteps is None else (None, steps)
+    metric = ClassificationMetrics(classes, pr_thresholds=BINS)
+    step = tf.function(
+        metric.update_state,
+        input_signature=[
+            tf.TensorSpec(rows, tf.int32),
+            tf.TensorSpec((*rows, classes), tf.float32),
+        ],
+    )
+    shape = (70,) if timesteps is None else (70, 4)
+    labels = RNG.integers(0, classes, shape).astype("int32")
+    scores = softmax(RNG.normal(size=(*shape, classes))).astype("float32")
+    for start, stop in ((0, 64), (64, 70)):  # a full batch and a shorter last one
+        step(labels[start:stop], scores[start:stop])
+    reference = F.state_from_predictions(
+        labels.reshape(-1), scores.reshape(-1, classes), num_bins=BINS
+    )
+    assert_states_equal(metric.state()[0], reference)
+    assert bool(metric._counts._compiled) == with_xla
+
+
 def test_reset_and_config_round_trip():
     metric = ClassificationMetrics(
         C, ignore_class=2, zero_division=1.0, pr_thresholds=10, name="f1m"
