@@ -446,7 +446,9 @@ class ClassificationMetrics(keras.metrics.Metric):
                     labels, scores, weights
                 )
         self._counts.scatter_add(
-            cells, cell_weights, only_batch_size_varies=None not in tuple(y_pred.shape)[1:-1]
+            cells,
+            cell_weights,
+            only_batch_size_varies=None not in tuple(ops.convert_to_tensor(y_pred).shape)[1:-1],
         )
 
     @staticmethod
