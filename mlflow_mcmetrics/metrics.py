@@ -445,10 +445,10 @@ class ClassificationMetrics(keras.metrics.Metric):
                 cells["calibration"], cell_weights["calibration"] = self._calibration_cells(
                     labels, scores, weights
                 )
+        # The static shape as given (a list has none): converting again would copy the batch.
+        shape = tuple(y_pred.shape) if hasattr(y_pred, "shape") else np.shape(y_pred)
         self._counts.scatter_add(
-            cells,
-            cell_weights,
-            only_batch_size_varies=None not in tuple(ops.convert_to_tensor(y_pred).shape)[1:-1],
+            cells, cell_weights, only_batch_size_varies=None not in shape[1:-1]
         )
 
     @staticmethod
