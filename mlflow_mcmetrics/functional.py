@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from scipy.special import digamma
@@ -57,11 +57,13 @@ __all__ = [
     "f1_optimal_threshold_from_histogram",
     "merge_states",
     "precision_recall_curve_from_histogram",
+    "precision_recall_points_from_histogram",
     "precision_recall_f1_from_confusion_matrix",
     "reliability_bins",
     "reliability_curve_from_histogram",
     "roc_auc_from_histogram",
     "roc_curve_from_histogram",
+    "roc_points_from_histogram",
     "score_bins",
     "stat_scores_from_confusion_matrix",
     "state_from_predictions",
@@ -435,6 +437,116 @@ def precision_recall_curve_from_histogram(score_histogram: np.ndarray):
     )
 
 
+class _NonemptyBins(NamedTuple):
+    classes: np.ndarray
+    bins: np.ndarray
+    at_or_above: np.ndarray
+    held: np.ndarray
+    totals: np.ndarray
+
+
+def _nonempty_bins(score_histogram: np.ndarray) -> _NonemptyBins:
+    """The bins that hold samples, class by class, with the counts at or above each.
+
+    Only these bins move a PR or ROC curve, and a 2000-class, 4096-bin histogram is mostly
+    empty: past one scan for them, the work is proportional to their number, and no
+    ``(2, C, T)`` array is allocated (filling a fresh one took longer than the sums).
+
+    Returns:
+        ``(classes, bins, at_or_above, held, totals)``: the bins sorted by class then bin;
+        ``at_or_above`` ``(2, K)`` the negatives and positives in that bin or above (the false
+        and true positives of ``score >= bin / T``); ``held`` ``(2, K)`` those in the bin;
+        ``totals`` ``(2, C)`` each class's negatives and positives.
+    """
+    histogram = np.asarray(score_histogram, dtype=np.float64)
+    classes, bins = np.nonzero(np.any(histogram != 0, axis=0))
+    held = histogram[:, classes, bins]
+    # Sums from the last bin of the last class down, less what the later classes hold.
+    suffix = np.cumsum(held[:, ::-1], axis=1)[:, ::-1]
+    class_ends = np.searchsorted(classes, np.arange(1, histogram.shape[1] + 1))
+    after_class = np.concatenate([suffix, np.zeros((2, 1))], axis=1)[:, class_ends]
+    return _NonemptyBins(
+        classes, bins, suffix - after_class[:, classes], held, histogram.sum(axis=2)
+    )
+
+
+def _split_by_class(classes: np.ndarray, num_classes: int, *columns: np.ndarray) -> list:
+    """Per class, its slice of each of ``columns`` (rows sorted by ``classes``)."""
+    bounds = np.searchsorted(classes, np.arange(num_classes + 1))
+    return [
+        [column[start:stop] for column in columns]
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def precision_recall_points_from_histogram(score_histogram: np.ndarray) -> list:
+    """Per class, its binned precision-recall curve where it changes.
+
+    The points of :func:`precision_recall_curve_from_histogram` at the bins that hold
+    positives (where recall changes: the points average precision sums over), then the end
+    point (precision 1, recall 0); bins that add only negatives lower precision between two
+    such points and are left out. The work is proportional to the bins that hold samples,
+    not to ``C * T``.
+
+    Returns:
+        One ``(precision, recall, thresholds)`` per class, ``precision`` and ``recall`` one
+        longer than ``thresholds`` (the rules ``score >= thresholds``, ascending), as
+        scikit-learn's ``precision_recall_curve``.
+
+    >>> histogram = np.array([[[2, 1, 0]], [[1, 0, 3]]])  # one class, 3 bins
+    >>> precision_recall_points_from_histogram(histogram)
+    [(array([0.57142857, 1.        , 1.        ]),
+      array([1.  , 0.75, 0.  ]),
+      array([0.        , 0.66666667]))]
+    """
+    num_classes, num_bins = np.shape(score_histogram)[1:]
+    classes, bins, (false_positives, true_positives), held, totals = _nonempty_bins(score_histogram)
+    kept = held[1] != 0
+    classes, bins = classes[kept], bins[kept]
+    false_positives, true_positives = false_positives[kept], true_positives[kept]
+    return [
+        (np.append(precision, 1.0), np.append(recall, 0.0), kept_bins / num_bins)
+        for precision, recall, kept_bins in _split_by_class(
+            classes,
+            num_classes,
+            true_positives / (true_positives + false_positives),
+            true_positives / totals[1, classes],
+            bins,
+        )
+    ]
+
+
+def roc_points_from_histogram(score_histogram: np.ndarray) -> list:
+    """Per class, its binned one-vs-rest ROC curve where it changes.
+
+    The points of :func:`roc_curve_from_histogram` at the bins that hold samples, then the
+    end point (nothing predicted: 0, 0); the work is proportional to those bins.
+
+    Returns:
+        One ``(fpr, tpr, thresholds)`` per class, ``fpr`` and ``tpr`` one longer than
+        ``thresholds`` (the rules ``score >= thresholds``, ascending). A rate with nothing
+        to count is 0.
+
+    >>> histogram = np.array([[[2, 1, 0]], [[1, 0, 3]]])  # one class, 3 bins
+    >>> roc_points_from_histogram(histogram)
+    [(array([1.        , 0.33333333, 0.        , 0.        ]),
+      array([1.  , 0.75, 0.75, 0.  ]),
+      array([0.        , 0.33333333, 0.66666667]))]
+    """
+    num_classes, num_bins = np.shape(score_histogram)[1:]
+    classes, bins, (false_positives, true_positives), _, totals = _nonempty_bins(score_histogram)
+    return [
+        (np.append(fpr, 0.0), np.append(tpr, 0.0), kept_bins / num_bins)
+        for fpr, tpr, kept_bins in _split_by_class(
+            classes,
+            num_classes,
+            _divide(false_positives, totals[0, classes], 0.0),
+            _divide(true_positives, totals[1, classes], 0.0),
+            bins,
+        )
+    ]
+
+
 def _sum_of_precisions(true_before, false_before, positives, negatives_first):
     """``sum_{j=1..p} (a + j) / (a + j + b)``: the precisions at ``p`` positives ranked in a row.
 
@@ -467,25 +579,26 @@ def average_precision_from_histogram(score_histogram: np.ndarray):
     >>> ap.round(4), lower.round(4), upper.round(4)
     (array([0.7054]), array([0.622]), array([0.95]))
     """
-    negatives, positives = np.asarray(score_histogram, dtype=np.float64)
-    # Walk from the highest bin down; "before" = counts in strictly higher bins.
-    positives, negatives = positives[:, ::-1], negatives[:, ::-1]
-    true_positives = np.cumsum(positives, axis=1)
-    false_positives = np.cumsum(negatives, axis=1)
-    total = true_positives[:, -1]
+    return _average_precision(_nonempty_bins(score_histogram))
+
+
+def _average_precision(nonempty: _NonemptyBins):
+    classes, _, (false_through, true_through), (tied_negatives, ranked), totals = nonempty
+    num_classes = totals.shape[1]
     # Only bins holding positives add to AP and its bounds: at most N of the C * T bins.
-    classes, bins = np.nonzero(positives)
-    ranked = positives[classes, bins]
-    true_through, false_through = true_positives[classes, bins], false_positives[classes, bins]
-    true_before, tied_negatives = true_through - ranked, negatives[classes, bins]
-    false_before = false_through - tied_negatives
+    # Ranked from the highest bin down: "before" = counts in strictly higher bins.
+    kept = ranked != 0
+    classes, ranked, tied_negatives = classes[kept], ranked[kept], tied_negatives[kept]
+    true_through, false_through = true_through[kept], false_through[kept]
+    true_before, false_before = true_through - ranked, false_through - tied_negatives
 
     def per_class(values):
-        return np.bincount(classes, weights=values, minlength=positives.shape[0])
+        return np.bincount(classes, weights=values, minlength=num_classes)
 
     ap = per_class(ranked * true_through / (true_through + false_through))
     upper = per_class(_sum_of_precisions(true_before, false_before, ranked, 0.0))
     lower = per_class(_sum_of_precisions(true_before, false_before, ranked, tied_negatives))
+    total = totals[1]
     return _divide(ap, total, 0.0), _divide(lower, total, 0.0), _divide(upper, total, 0.0)
 
 
@@ -530,10 +643,19 @@ def roc_auc_from_histogram(score_histogram: np.ndarray):
     >>> [values.round(4) for values in roc_auc_from_histogram(histogram)]
     [array([0.7083]), array([0.5]), array([0.9167])]
     """
-    negatives, positives = np.asarray(score_histogram, dtype=np.float64)
-    pairs = positives.sum(axis=1) * negatives.sum(axis=1)
-    outranked = np.sum(positives * (np.cumsum(negatives, axis=1) - negatives), axis=1)
-    tied = np.sum(positives * negatives, axis=1)
+    return _roc_auc(_nonempty_bins(score_histogram))
+
+
+def _roc_auc(nonempty: _NonemptyBins):
+    classes, _, (negatives_at_or_above, _), (negatives, positives), totals = nonempty
+    num_classes = totals.shape[1]
+
+    def per_class(values):
+        return np.bincount(classes, weights=values, minlength=num_classes)
+
+    pairs = totals[1] * totals[0]
+    outranked = per_class(positives * (totals[0, classes] - negatives_at_or_above))
+    tied = per_class(positives * negatives)
     nan = float("nan")
     return (
         _divide(outranked + 0.5 * tied, pairs, nan),
@@ -741,8 +863,9 @@ def classification_scores(
         scores["ece"] = expected_calibration_error(state.calibration)
     histogram = state.score_histogram
     if histogram is not None:
-        ap, ap_lower, ap_upper = (v[labels] for v in average_precision_from_histogram(histogram))
-        auc, auc_lower, auc_upper = (v[labels] for v in roc_auc_from_histogram(histogram))
+        nonempty = _nonempty_bins(histogram)
+        ap, ap_lower, ap_upper = (v[labels] for v in _average_precision(nonempty))
+        auc, auc_lower, auc_upper = (v[labels] for v in _roc_auc(nonempty))
         scores.update(
             ap=ap,
             ap_lower=ap_lower,

@@ -76,20 +76,18 @@ def _curves(state: functional.ClassificationState, labels: Sequence[int]) -> dic
             CURVE_NUMBERS_PER_EPOCH // (4 * max(len(labels), 1)), MIN_CURVE_POINTS, MAX_CURVE_POINTS
         )
     )
-    precision, recall, pr_thresholds = functional.precision_recall_curve_from_histogram(
-        state.score_histogram
-    )
-    fpr, tpr, roc_thresholds = functional.roc_curve_from_histogram(state.score_histogram)
+    pr_points = functional.precision_recall_points_from_histogram(state.score_histogram)
+    roc_points = functional.roc_points_from_histogram(state.score_histogram)
     num_bins = functional.reliability_bins(state.score_histogram.shape[2])
     fraction, _, edges = functional.reliability_curve_from_histogram(
         state.score_histogram, num_bins
     )
     pr, roc = [], []
     for label in labels:
-        curve = report.pr_curve_points(precision[label], recall[label], pr_thresholds)
-        pr.append(_thinned(curve["recall"], curve["precision"], points))
-        curve = report.roc_curve_points(fpr[label], tpr[label], roc_thresholds)
-        roc.append(_thinned(curve["fpr"][::-1], curve["tpr"][::-1], points))
+        precision, recall, _ = pr_points[label]
+        pr.append(_thinned(recall, precision, points))
+        fpr, tpr, _ = roc_points[label]
+        roc.append(_thinned(fpr[::-1], tpr[::-1], points))
     return {
         "pr": pr,
         "roc": roc,

@@ -283,16 +283,10 @@ def confusion_matrix_payload(
     }
 
 
-def pr_curve_points(precision, recall, thresholds):
-    """The curve at the bins that hold positives (where recall changes: the points average
-    precision sums over), plus scikit-learn's end point (recall 0, precision 1). Bins that add
-    only negatives lower precision between two such points and are dropped."""
-    keep = np.flatnonzero(recall[:-1] != recall[1:])
-    return {
-        "thresholds": thresholds[keep].tolist(),
-        "precision": np.round(np.append(precision[keep], 1.0), 6).tolist(),
-        "recall": np.round(np.append(recall[keep], 0.0), 6).tolist(),
-    }
+def _bin_thresholds(state: functional.ClassificationState) -> list[float]:
+    """The histogram's bin edges: bin ``b`` is positive when ``score >= thresholds[b]``."""
+    num_bins = state.score_histogram.shape[2]
+    return (np.arange(num_bins) / num_bins).tolist()
 
 
 def pr_curves_payload(
@@ -304,13 +298,14 @@ def pr_curves_payload(
     """``{split}_pr_curves.json``: the bin thresholds, and per scored class the curve at the
     thresholds where its recall changes, its average precision and the tie interval
     ``average_precision_bounds``."""
-    precision, recall, thresholds = functional.precision_recall_curve_from_histogram(
-        state.score_histogram
-    )
+    points = functional.precision_recall_points_from_histogram(state.score_histogram)
     curves = {}
     for position, label in enumerate(labels):
+        precision, recall, thresholds = points[label]
         curves[class_names[label]] = {
-            **pr_curve_points(precision[label], recall[label], thresholds),
+            "thresholds": thresholds.tolist(),
+            "precision": np.round(precision, 6).tolist(),
+            "recall": np.round(recall, 6).tolist(),
             "average_precision": float(scores["ap"][position]),
             "average_precision_bounds": [
                 float(scores["ap_lower"][position]),
@@ -319,19 +314,8 @@ def pr_curves_payload(
         }
     return {
         "labels": [class_names[label] for label in labels],
-        "thresholds": thresholds.tolist(),  # bin b: positive when score >= thresholds[b]
+        "thresholds": _bin_thresholds(state),
         "curves": curves,
-    }
-
-
-def roc_curve_points(fpr, tpr, thresholds):
-    """The curve at the bins that hold samples (where a rate changes), plus the end point
-    (nothing predicted: 0, 0)."""
-    keep = np.flatnonzero((fpr[:-1] != fpr[1:]) | (tpr[:-1] != tpr[1:]))
-    return {
-        "thresholds": thresholds[keep].tolist(),
-        "fpr": np.round(np.append(fpr[keep], 0.0), 6).tolist(),
-        "tpr": np.round(np.append(tpr[keep], 0.0), 6).tolist(),
     }
 
 
@@ -349,20 +333,23 @@ def roc_curves_payload(
     """``{split}_roc_curves.json``: per scored class the one-vs-rest ROC curve at the
     thresholds where it changes, its AUC and the tie interval ``roc_auc_bounds`` (``null``
     for a class without positives or negatives)."""
-    fpr, tpr, thresholds = functional.roc_curve_from_histogram(state.score_histogram)
+    points = functional.roc_points_from_histogram(state.score_histogram)
     curves = {}
     for position, label in enumerate(labels):
         auc, lower, upper = _floats(
             [scores[k][position] for k in ("roc_auc", "roc_auc_lower", "roc_auc_upper")]
         )
+        fpr, tpr, thresholds = points[label]
         curves[class_names[label]] = {
-            **roc_curve_points(fpr[label], tpr[label], thresholds),
+            "thresholds": thresholds.tolist(),
+            "fpr": np.round(fpr, 6).tolist(),
+            "tpr": np.round(tpr, 6).tolist(),
             "roc_auc": auc,
             "roc_auc_bounds": [lower, upper],
         }
     return {
         "labels": [class_names[label] for label in labels],
-        "thresholds": thresholds.tolist(),  # bin b: positive when score >= thresholds[b]
+        "thresholds": _bin_thresholds(state),
         "curves": curves,
     }
 

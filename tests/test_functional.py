@@ -206,6 +206,38 @@ def test_precision_recall_curve_matches_sklearn_points(num_samples, num_bins, se
         assert precision[1, b] == pytest.approx(p) and recall[1, b] == pytest.approx(r)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    num_classes=st.integers(1, 4),
+    num_bins=st.sampled_from([1, 3, 40]),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_curve_points_are_the_dense_curves_where_they_change(num_classes, num_bins, weighted, seed):
+    """The sparse points equal the dense curves at exactly the bins where those change."""
+    rng = np.random.default_rng(seed)
+    histogram = rng.integers(0, 3, (2, num_classes, num_bins)) * (
+        rng.random((2, num_classes, num_bins)) < 0.3
+    )
+    if weighted:
+        histogram = histogram * rng.uniform(0.1, 2.0, histogram.shape)
+    precision, recall, thresholds = F.precision_recall_curve_from_histogram(histogram)
+    fpr, tpr, _ = F.roc_curve_from_histogram(histogram)
+    pr_points = F.precision_recall_points_from_histogram(histogram)
+    roc_points = F.roc_points_from_histogram(histogram)
+    assert len(pr_points) == len(roc_points) == num_classes
+    for c in range(num_classes):
+        keep = np.flatnonzero(recall[c, :-1] != recall[c, 1:])
+        expected = (np.append(precision[c, keep], 1.0), np.append(recall[c, keep], 0.0))
+        np.testing.assert_array_equal(pr_points[c][2], thresholds[keep])
+        np.testing.assert_allclose(pr_points[c][:2], expected, rtol=1e-12)
+        keep = np.flatnonzero((fpr[c, :-1] != fpr[c, 1:]) | (tpr[c, :-1] != tpr[c, 1:]))
+        np.testing.assert_array_equal(roc_points[c][2], thresholds[keep])
+        np.testing.assert_allclose(
+            roc_points[c][:2], (np.append(fpr[c, keep], 0), np.append(tpr[c, keep], 0)), rtol=1e-12
+        )
+
+
 def test_ignore_class_and_labels_match_sklearn_on_filtered_data():
     rng = np.random.default_rng(1)
     y_true = rng.integers(0, 4, 300)
