@@ -4,9 +4,10 @@ diagrams, F1 by epoch.
 Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``, so
 nothing leaks into a global figure registry and the functions are safe off the main thread.
 They stay readable from 2 to 1000 classes: cell numbers are written up to
-``ANNOTATE_MAX_CLASSES`` classes, tick labels thinned beyond ``TICK_LABELS_MAX``, and PR
-curves drawn as small multiples up to ``PR_PANELS_MAX`` classes, beyond that for the best
-and worst classes by AP with the rest summarised.
+``ANNOTATE_MAX_CLASSES`` classes, tick labels thinned beyond ``TICK_LABELS_MAX``, a
+confusion matrix of more than ``MATRIX_CELLS_MAX`` classes a side drawn in blocks of classes,
+and PR curves drawn as small multiples up to ``PR_PANELS_MAX`` classes, beyond that for the
+best and worst classes by AP with the rest summarised.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ __all__ = [
 ANNOTATE_MAX_CLASSES = 30
 TICK_LABELS_MAX = 50
 PR_PANELS_MAX = 20
+#: Beyond this many classes a side, the confusion matrix is drawn as sums over square blocks
+#: of classes: the figure has fewer pixels than cells (a pixel showed one cell of its block,
+#: hiding the others' errors), and drawing 2000 x 2000 cells took 1.4 s.
+MATRIX_CELLS_MAX = 400
 
 
 def figure_to_png(figure: Figure) -> bytes:
@@ -60,8 +65,17 @@ def _set_class_ticks(axis, names: Sequence[str], which: str) -> None:
         axis.set_yticks(positions, labels, fontsize=7 if len(names) > 20 else 9)
 
 
-def _heatmap(axis, values, names, title, fmt, colorbar_label, figure, vmax=None):
-    image = axis.imshow(values, cmap="Blues", vmin=0, vmax=vmax, interpolation="nearest")
+def _heatmap(axis, values, names, title, fmt, colorbar_label, figure, vmax=None, block=1):
+    """``values`` as an image on class coordinates (a cell per ``block`` x ``block`` classes)."""
+    end = len(values) * block - 0.5
+    image = axis.imshow(
+        values,
+        cmap="Blues",
+        vmin=0,
+        vmax=vmax,
+        interpolation="nearest",
+        extent=(-0.5, end, end, -0.5),
+    )
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label=colorbar_label)
     axis.set_title(title)
     axis.set_xlabel("Predicted class")
@@ -100,29 +114,38 @@ def plot_confusion_matrix(
     side = min(12.0, max(4.5, 0.35 * num_classes + 2.5))
     figure = Figure(figsize=(2 * side + 1.5, side), layout="constrained")
     counts_axis, rates_axis = figure.subplots(1, 2)
+    block = int(np.ceil(num_classes / MATRIX_CELLS_MAX))
+    if block > 1:
+        blocks = int(np.ceil(num_classes / block))
+        padded = np.zeros((blocks * block, blocks * block))
+        padded[:num_classes, :num_classes] = confusion_matrix
+        confusion_matrix = padded.reshape(blocks, block, blocks, block).sum(axis=(1, 3))
     totals = confusion_matrix.sum(axis=1, keepdims=True)
     rates = np.divide(
         confusion_matrix, totals, out=np.zeros_like(confusion_matrix), where=totals > 0
     )
     integral = np.all(confusion_matrix == np.round(confusion_matrix))
+    in_blocks = "" if block == 1 else f", in blocks of {block} × {block} classes"
     _heatmap(
         counts_axis,
         confusion_matrix,
         class_names,
-        "Counts",
+        "Counts" + in_blocks,
         ".0f" if integral else ".1f",
         "samples",
         figure,
+        block=block,
     )
     _heatmap(
         rates_axis,
         rates,
         class_names,
-        "Normalised by true class (recall on the diagonal)",
+        "Normalised by true class (recall on the diagonal)" + in_blocks,
         ".2f",
         "fraction of the true class",
         figure,
         vmax=1.0,
+        block=block,
     )
     figure.suptitle(title)
     return figure
@@ -173,7 +196,8 @@ def plot_pr_curves(
     """One PR curve per class with its AP, the no-skill line and the operating point.
 
     Args:
-        precision, recall: ``(C, K)`` curve points per class.
+        precision, recall: each class's curve points: ``(C, K)``, or one array per class
+            (such as :func:`functional.precision_recall_points_from_histogram` gives).
         average_precision: ``(C,)`` AP per class, shown in each legend.
         class_names: ``C`` names.
         prevalence: ``(C,)`` fraction of positives per class: the precision of a classifier
@@ -276,7 +300,7 @@ def plot_roc_curves(
     """One one-vs-rest ROC curve per class with its AUC (laid out as :func:`plot_pr_curves`).
 
     Args:
-        fpr, tpr: ``(C, K)`` curve points per class.
+        fpr, tpr: each class's curve points: ``(C, K)``, or one array per class.
         roc_auc: ``(C,)`` AUC per class (NaN for a class without positives or negatives).
         class_names: ``C`` names.
     """
@@ -383,11 +407,15 @@ def plot_roc_and_calibration(
 ) -> dict[str, Figure]:
     """The ROC-curve and reliability figures of one split with a score histogram, by artifact
     stem (``roc_curves``, ``calibration``); ``scores`` as in :func:`plot_state`."""
-    fpr, tpr, _ = functional.roc_curve_from_histogram(state.score_histogram)
+    points = functional.roc_points_from_histogram(state.score_histogram)
     names = [class_names[label] for label in labels]
     return {
         "roc_curves": plot_roc_curves(
-            fpr[labels], tpr[labels], scores["roc_auc"], names, title=f"ROC — {title}"
+            [points[label][0] for label in labels],
+            [points[label][1] for label in labels],
+            scores["roc_auc"],
+            names,
+            title=f"ROC — {title}",
         ),
         "calibration": plot_calibration(state, class_names, labels, title=f"Calibration — {title}"),
     }
@@ -483,12 +511,10 @@ def plot_state(
             matrix, names, title=f"Confusion matrix — {title}"
         )
     if state.score_histogram is not None:
-        precision, recall, _ = functional.precision_recall_curve_from_histogram(
-            state.score_histogram
-        )
+        points = functional.precision_recall_points_from_histogram(state.score_histogram)
         figures["pr_curves"] = plot_pr_curves(
-            precision[labels],
-            recall[labels],
+            [points[label][0] for label in labels],
+            [points[label][1] for label in labels],
             scores["ap"],
             names,
             prevalence=scores["support"] / max(state.num_samples, 1.0),

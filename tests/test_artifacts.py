@@ -203,6 +203,15 @@ def test_plots_scale_from_2_to_1000_classes(num_classes):
     assert texts == (num_classes**2 if num_classes <= plots.ANNOTATE_MAX_CLASSES else 0)
     visible_panels = [axis for axis in figures[1].axes if axis.get_visible()]
     assert len(visible_panels) == min(num_classes, plots.PR_PANELS_MAX)
+    # Every count is drawn: each image cell sums a block of classes beyond MATRIX_CELLS_MAX.
+    block = -(-num_classes // plots.MATRIX_CELLS_MAX)
+    cells = figures[0].axes[0].images[0].get_array()
+    assert cells.shape == (-(-num_classes // block),) * 2
+    last = len(cells) - 1
+    for row, column in [(0, 0), (0, last), (last, last), (last // 2, last // 2)]:
+        rows, columns = (slice(index * block, (index + 1) * block) for index in (row, column))
+        assert cells[row, column] == state.confusion_matrix[rows, columns].sum()
+    assert cells.sum() == state.confusion_matrix.sum()
 
 
 def _render_request():
