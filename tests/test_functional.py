@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 import warnings
 
@@ -251,6 +252,22 @@ def test_ignore_class_and_labels_match_sklearn_on_filtered_data():
     assert scores_ours["f1_micro"] == pytest.approx(
         skm.f1_score(y_true[kept], y_pred[kept], labels=[1, 2, 3], average="micro")
     )
+
+
+@pytest.mark.parametrize("num_classes, num_samples", [(3, 400), (300, 200)])
+def test_a_state_pickles_as_its_nonzero_cells_and_comes_back_equal(num_classes, num_samples):
+    rng = np.random.default_rng(num_classes)
+    y_true = rng.integers(0, num_classes, num_samples)
+    scores = rng.dirichlet(np.ones(num_classes), num_samples)
+    state = F.state_from_predictions(y_true, scores, num_bins=256)
+    payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    back = pickle.loads(payload)
+    for name in ("confusion_matrix", "score_histogram", "calibration"):
+        original, restored = getattr(state, name), getattr(back, name)
+        assert restored.dtype == original.dtype and restored.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(restored, original)
+    dense = state.confusion_matrix.nbytes + state.score_histogram.nbytes
+    assert (len(payload) < dense / 10) == (num_classes == 300)
 
 
 @pytest.mark.parametrize(
