@@ -69,7 +69,9 @@ def main() -> None:
         rng = np.random.default_rng(0)
         y_true = rng.integers(0, num_classes, args.samples)
         scores = softmax(rng.normal(size=(args.samples, num_classes)) * 1.5, axis=1)
-        state = functional.state_from_predictions(y_true, scores)
+        state = functional.state_from_predictions(
+            y_true, scores, num_bins=functional.DEFAULT_PR_THRESHOLDS
+        )
         histogram = state.score_histogram
         dense_arrays = (state.confusion_matrix, histogram, state.calibration)
         names = [f"class {c}" for c in range(num_classes)]
