@@ -499,6 +499,11 @@ def _nonempty_bins(score_histogram: np.ndarray) -> _NonemptyBins:
     )
 
 
+def _sum_by_class(classes: np.ndarray, values: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(C,)``: the sum of ``values`` over the rows of each class."""
+    return np.bincount(classes, weights=values, minlength=num_classes)
+
+
 def _split_by_class(classes: np.ndarray, num_classes: int, *columns: np.ndarray) -> list:
     """Per class, its slice of each of ``columns`` (rows sorted by ``classes``)."""
     bounds = np.searchsorted(classes, np.arange(num_classes + 1))
@@ -622,7 +627,7 @@ def _average_precision(nonempty: _NonemptyBins):
     true_before, false_before = true_through - ranked, false_through - tied_negatives
 
     def per_class(values):
-        return np.bincount(classes, weights=values, minlength=num_classes)
+        return _sum_by_class(classes, values, num_classes)
 
     ap = per_class(ranked * true_through / (true_through + false_through))
     upper = per_class(_sum_of_precisions(true_before, false_before, ranked, 0.0))
@@ -680,7 +685,7 @@ def _roc_auc(nonempty: _NonemptyBins):
     num_classes = totals.shape[1]
 
     def per_class(values):
-        return np.bincount(classes, weights=values, minlength=num_classes)
+        return _sum_by_class(classes, values, num_classes)
 
     pairs = totals[1] * totals[0]
     outranked = per_class(positives * (totals[0, classes] - negatives_at_or_above))

@@ -220,10 +220,12 @@ class ExactCounts:
             cells = slice(self.offsets[name], self.offsets[name] + math.prod(shape))
             pair = [part[cells].reshape(shape).transpose(order) for part in (carried, recent)]
             segment = np.empty(pair[0].shape)
-            width = self.TRANSPOSE_BLOCK if order != tuple(sorted(order)) else segment.shape[-1]
-            for start in range(0, segment.shape[-1], max(width, 1)):
-                block = np.s_[..., start : start + width]
-                np.add(pair[0][block], pair[1][block], out=segment[block], dtype=np.float64)
+            if order == tuple(range(len(shape))):
+                np.add(*pair, out=segment, dtype=np.float64)
+            else:
+                for start in range(0, segment.shape[-1], self.TRANSPOSE_BLOCK):
+                    block = np.s_[..., start : start + self.TRANSPOSE_BLOCK]
+                    np.add(pair[0][block], pair[1][block], out=segment[block], dtype=np.float64)
             segments[name] = segment
         return segments
 
