@@ -184,6 +184,10 @@ class MCMetricsCallback(keras.callbacks.Callback):
         confusion_matrix: log confusion-matrix artifacts.
         log_every_n_epochs: artifact frequency, an integer or ``"auto"`` (time-based, see
             :data:`AUTO_ARTIFACT_INTERVAL_S`); step metrics are logged every epoch.
+        wait_for_figures: ``fit()`` returns once the end-of-training figures are logged.
+            ``False``: they are drawn after ``fit()`` returns, and the outbox keeps their place
+            (:class:`~.outbox.Outbox`); :func:`~.outbox.flush` and the interpreter's exit wait
+            for them.
         skip_keras_logs: leave out keys that are in Keras' epoch ``logs`` (such as
             ``val_f1_macro``) because another callback, like MLflow's own autologging
             callback, logs those already.
@@ -205,6 +209,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         log_to_mlflow: bool = True,
         confusion_matrix: bool = True,
         log_every_n_epochs: int | str = "auto",
+        wait_for_figures: bool = True,
         skip_keras_logs: bool = False,
         run_id: str | None = None,
         silent: bool = False,
@@ -217,6 +222,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self.log_to_mlflow = log_to_mlflow
         self.confusion_matrix = confusion_matrix
         self.log_every_n_epochs = log_every_n_epochs
+        self.wait_for_figures = wait_for_figures
         self.skip_keras_logs = skip_keras_logs
         self.run_id = run_id
         self.silent = silent
@@ -558,19 +564,19 @@ class MCMetricsCallback(keras.callbacks.Callback):
             confusion_matrix=self.confusion_matrix,
         )
 
-    def _draw_epoch_images(self, output: _OutputLog, result: _EpochResult) -> None:
-        """Draw the epoch's images and queue them as time-stepped images."""
+    def _draw_epoch_images(self, output: _OutputLog, result: _EpochResult) -> list[dict]:
+        """Draw the epoch's images; returns their time-stepped image records."""
         result.images = self._draw(output, result)
         prefix = output.prefix(result.report_split)
-        for stem, image in result.images.items():
-            self._fit_run.outbox.put(
-                {
-                    "kind": "image",
-                    "key": metric_key(prefix, IMAGE_SECTION, stem),
-                    "step": result.epoch,
-                    "png": _png_base64(image),
-                }
-            )
+        return [
+            {
+                "kind": "image",
+                "key": metric_key(prefix, IMAGE_SECTION, stem),
+                "step": result.epoch,
+                "png": _png_base64(image),
+            }
+            for stem, image in result.images.items()
+        ]
 
     @staticmethod
     def _title(output: _OutputLog, result: _EpochResult) -> str:
@@ -588,40 +594,48 @@ class MCMetricsCallback(keras.callbacks.Callback):
         """
         started = time.monotonic()
         for output, result in results:
-            self._draw_epoch_images(output, result)
+            for record in self._draw_epoch_images(output, result):
+                self._fit_run.outbox.put(record)
         finished = time.monotonic()
         self._next_render = finished + (finished - started) * (1 / RENDER_TIME_SHARE - 1)
 
     @guarded("log the final artifacts")
-    def _log_final_artifacts(self, output: _OutputLog) -> None:
-        """The last finished epoch: its per-epoch artifacts if not logged yet, the PNGs, reports.
-
-        The figures are drawn (in the render processes) while this thread builds the reports.
-        """
+    def _log_final_artifacts(
+        self, output: _OutputLog, drawing: concurrent.futures.Executor
+    ) -> None:
+        """The last finished epoch: its per-epoch artifacts if not logged yet, the reports,
+        and the figures, drawn on ``drawing`` (in the render processes) meanwhile: the outbox
+        keeps their place (see :class:`~.outbox.Outbox`)."""
         result = output.last_epoch
         if not result.json_logged:
             self._log_epoch_json(output, result)
-        with concurrent.futures.ThreadPoolExecutor(2) as drawing:
-            # Side by side in two render processes: the epoch's images, the end-of-training ones.
-            epoch_images = drawing.submit(self._epoch_images, output, result)
-            final_images = drawing.submit(self._final_images, output, result)
-            self._log_reports(output, result)
-            outbox = self._fit_run.outbox
-            for stem, image in {**epoch_images.result(), **final_images.result()}.items():
-                outbox.put(
-                    {
-                        "kind": "png",
-                        "artifact_file": f"{output.artifact_dir}/{stem}.png",
-                        "png": _png_base64(image),
-                    }
-                )
+        outbox = self._fit_run.outbox
+        # Side by side in two render processes: the epoch's images, the end-of-training ones.
+        outbox.put(drawing.submit(self._epoch_image_records, output, result))
+        outbox.put(drawing.submit(self._final_image_records, output, result))
+        self._log_reports(output, result)
 
-    def _epoch_images(self, output: _OutputLog, result: _EpochResult) -> dict[str, bytes]:
-        if result.images is None:
-            self._draw_epoch_images(output, result)
-        return result.images
+    @staticmethod
+    def _png_records(output: _OutputLog, images: dict[str, bytes]) -> list[dict]:
+        return [
+            {
+                "kind": "png",
+                "artifact_file": f"{output.artifact_dir}/{stem}.png",
+                "png": _png_base64(image),
+            }
+            for stem, image in images.items()
+        ]
 
-    def _final_images(self, output: _OutputLog, result: _EpochResult) -> dict[str, bytes]:
+    @guarded("draw the last epoch's images")
+    def _epoch_image_records(self, output: _OutputLog, result: _EpochResult) -> list[dict]:
+        """The last epoch's time-stepped images (if not drawn yet) and their PNG artifacts."""
+        stepped = [] if result.images is not None else self._draw_epoch_images(output, result)
+        return stepped + self._png_records(output, result.images)
+
+    @guarded("draw the end-of-training figures")
+    def _final_image_records(self, output: _OutputLog, result: _EpochResult) -> list[dict]:
+        """``f1_by_epoch.png`` and, with PR curves on, ``roc_curves.png`` and
+        ``calibration.png``."""
         images = {}
         split = result.report_split
         labels = output.metric.scored_labels
@@ -645,7 +659,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
                     title=self._title(output, result),
                 )
             )
-        return images
+        return self._png_records(output, images)
 
     @guarded("log the final reports")
     def _log_reports(self, output: _OutputLog, result: _EpochResult) -> None:
@@ -721,9 +735,13 @@ class MCMetricsCallback(keras.callbacks.Callback):
         if self._fit_run is None:
             return
         self._wait_for_images()
+        drawing = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mcmetrics-final")
         for output in self._outputs:
             if output.last_epoch is not None:
-                self._log_final_artifacts(output)
+                self._log_final_artifacts(output, drawing)
+        # Without waiting, its threads finish the figures after fit() returns (the interpreter
+        # waits for them at exit).
+        drawing.shutdown(wait=self.wait_for_figures)
         self._finish("FINISHED")
 
     @guarded("finish the run")

@@ -128,7 +128,9 @@ def train(
         callbacks.append(losses.DeferredReweighting(loss_object))
     else:
         loss_object = losses.get(loss, counts)
-    mlflow_mcmetrics.autolog(class_names=data.class_names)
+    # Nothing here reads the figures after fit(): they are drawn while the test split is
+    # scored and the next fit starts (the process waits for them before it exits).
+    mlflow_mcmetrics.autolog(class_names=data.class_names, wait_for_figures=False)
     model = build_cnn(data.x_train.shape[1:], data.num_classes, seed)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate), loss=loss_object, metrics=["accuracy"]

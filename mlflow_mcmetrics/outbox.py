@@ -36,6 +36,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import mlflow
@@ -64,6 +65,9 @@ DELIVERY_TIMEOUT = 20.0
 SEND_INTERVAL = 1.0
 #: Rows per merged ``log_batch``: MLflow's own limit per request (``MAX_METRICS_PER_BATCH``).
 MAX_ROWS_PER_BATCH = 1000
+
+#: What an :class:`Outbox` queues: a record, a function that builds one, or a future of records.
+Record = dict | Callable[[], dict] | Future
 
 
 def reachable(tracking_uri: str) -> bool:
@@ -140,6 +144,21 @@ def _deliver(client: MlflowClient, run_id: str, record: dict) -> str:
     return run_id
 
 
+def _made(future: Future, *, silent: bool = False) -> list[dict]:
+    """The records a done future of :class:`Outbox` made; none if making them failed."""
+    if future.cancelled():
+        return []
+    if future.exception() is not None:
+        # Makers warn and return None themselves; under MLflow's autologging test mode they
+        # raise instead.
+        warn(
+            f"mlflow_mcmetrics could not make records to send: {future.exception()!r}",
+            silent=silent,
+        )
+        return []
+    return future.result() or []
+
+
 def _write_atomically(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -178,11 +197,16 @@ def spool(run_id: str, records: list[dict]) -> Path | None:
 class Outbox:
     """An ordered queue of records for one run, delivered by a sender thread.
 
-    Records are dicts (see :func:`_deliver` for the kinds), or functions that build one: the
+    Records are dicts (see :func:`_deliver` for the kinds), functions that build one (the
     sender calls them when their turn comes, so that serialising large payloads happens off the
-    training thread. A record with ``"after_model": model_id`` is held until the outbox is closed
-    and that MLflow logged model has left its PENDING state (see ``MCMetricsCallback``: MLflow's
-    own model logging must copy the run's step-0 metrics before ours arrive).
+    training thread), or futures of a list of records still being made (the figures drawn
+    when training ends). Two kinds of record are *held*: the later records are sent past them
+    and :meth:`close` does not wait for them.
+
+    * A future is held until it is done; then its records take its place.
+    * A record with ``"after_model": model_id`` is held until the outbox is closed and that
+      MLflow logged model has left its PENDING state (see ``MCMetricsCallback``: MLflow's own
+      model logging must copy the run's step-0 metrics before ours arrive).
 
     :meth:`put` returns at once; after a failed delivery the sender waits for :meth:`flush`
     (called once per epoch) before it tries again; :meth:`close` makes a last attempt within a
@@ -199,7 +223,7 @@ class Outbox:
         self.client = client or MlflowClient()
         self.silent = silent
         self._tracking_uri = self.client.tracking_uri
-        self._queue: deque[dict | Callable[[], dict]] = deque()
+        self._queue: deque[Record] = deque()
         self._changed = threading.Condition()
         self._failing = False  # the last attempt failed: wait for flush() before the next one
         self._retry = False  # flush() or close() was called since that failure
@@ -223,10 +247,16 @@ class Outbox:
         outbox.put({"kind": "create_run", **create_run})
         return outbox
 
-    def put(self, record: dict | Callable[[], dict]) -> None:
+    def put(self, record: Record) -> None:
         """Queue ``record`` for delivery; never blocks on the tracking server."""
         with self._changed:
             self._queue.append(record)
+            self._changed.notify_all()
+        if isinstance(record, Future):
+            record.add_done_callback(self._notify)
+
+    def _notify(self, _future: Future) -> None:
+        with self._changed:
             self._changed.notify_all()
 
     def flush(self) -> None:
@@ -236,22 +266,12 @@ class Outbox:
             self._retry = True
             self._changed.notify_all()
 
-    def drain(self) -> bool:
-        """Block until everything sendable is delivered (True) or an attempt failed (False)."""
-        with self._changed:
-            self._changed.wait_for(
-                lambda: (
-                    not self._sending and (self._only_held() or self._failing and not self._retry)
-                )
-            )
-            return self._only_held()
-
     def close(self, timeout: float = 30.0) -> Path | None:
         """Last attempt, for at most ``timeout`` seconds; spool what is left.
 
-        Records held for an MLflow logged model stay with the sender, which delivers them once
-        the model is logged (or :func:`finish_pending` spools them at exit). Returns the spool
-        file, or None if nothing was spooled.
+        Held records stay with the sender, which delivers them once they are made or their
+        model is logged (:func:`flush` waits for that; :func:`finish_pending` spools what is
+        left at exit). Returns the spool file, or None if nothing was spooled.
         """
         with self._changed:
             attempts = self._attempts
@@ -273,7 +293,9 @@ class Outbox:
                 return None
         return self._stop_and_spool()
 
-    def _stop_and_spool(self) -> Path | None:
+    def _stop_and_spool(self, timeout: float = 30.0) -> Path | None:
+        """Stop the sender and spool what is queued, waiting up to ``timeout`` seconds for
+        records still being made."""
         with self._changed:
             # A record still on its way may arrive as well: replaying it is harmless.
             left, self._stopped = list(self._queue), True
@@ -281,7 +303,21 @@ class Outbox:
             self._changed.notify_all()
         if not left:
             return None
-        built = [record() if callable(record) else record for record in left]
+        made, unmade = concurrent.futures.wait([r for r in left if isinstance(r, Future)], timeout)
+        built = []
+        for record in left:
+            if isinstance(record, Future):
+                built += _made(record, silent=self.silent) if record in made else []
+            else:
+                built.append(record() if callable(record) else record)
+        if unmade:
+            warn(
+                f"mlflow_mcmetrics gave up on {len(unmade)} group(s) of records of run "
+                f"{self.run_id} still being made after {timeout:g} s (figures being drawn).",
+                silent=self.silent,
+            )
+        if not built:
+            return None
         path = spool(self.run_id, built)
         if path is None:
             warn(
@@ -301,7 +337,9 @@ class Outbox:
         return path
 
     @staticmethod
-    def _held(record) -> bool:
+    def _held(record: Record) -> bool:
+        if isinstance(record, Future):
+            return not record.done()
         return isinstance(record, dict) and bool(record.get("after_model"))
 
     def _only_held(self) -> bool:
@@ -352,18 +390,33 @@ class Outbox:
     def _next(self) -> tuple[int, dict | Callable[[], dict]] | None:
         """The first record that may be sent now, with its position."""
         with self._changed:
+            self._unpack_made()
             for position, record in enumerate(self._queue):
                 if not self._held(record):
                     return position, record
-            if not self._queue or self._closed_at is None:
+            if self._closed_at is None:
                 return None
-            model_id = self._queue[0]["after_model"]
+            waiting = [(p, r) for p, r in enumerate(self._queue) if isinstance(r, dict)]
+            if not waiting:
+                return None  # only figures still being drawn
+            position, record = waiting[0]
             wait = (
                 not self._release_held and time.monotonic() - self._closed_at < MODEL_WAIT_SECONDS
             )
-        if wait and self.client.get_logged_model(model_id).status == "PENDING":
+        if wait and self.client.get_logged_model(record["after_model"]).status == "PENDING":
             return None
-        return 0, self._queue[0]
+        return position, record
+
+    def _unpack_made(self) -> None:
+        """Put the records of every done future in its place in the queue."""
+        if any(isinstance(r, Future) and r.done() for r in self._queue):
+            unpacked: deque[Record] = deque()
+            for record in self._queue:
+                if isinstance(record, Future) and record.done():
+                    unpacked.extend(_made(record, silent=self.silent))
+                else:
+                    unpacked.append(record)
+            self._queue = unpacked
 
     def _merged(self, position: int, record: dict) -> tuple[dict, int]:
         """``record`` with the metrics records queued right after it for the same model merged
@@ -540,9 +593,9 @@ _PENDING: set[Outbox] = set()
 
 
 def flush(timeout: float = 60.0) -> None:
-    """Wait up to ``timeout`` seconds until finished fits have sent everything, including the
-    epoch-0 values held until MLflow's autologging has logged its model (the counterpart of
-    ``mlflow.flush_async_logging()``)."""
+    """Wait up to ``timeout`` seconds until finished fits have sent everything: the figures
+    drawn when training ends, and the epoch-0 values held until MLflow's autologging has
+    logged its model (the counterpart of ``mlflow.flush_async_logging()``)."""
     deadline = time.monotonic() + timeout
     for outbox in list(_PENDING):
         outbox._sender.join(max(0.0, deadline - time.monotonic()))
@@ -553,14 +606,14 @@ def flush(timeout: float = 60.0) -> None:
 def finish_pending(timeout: float = 30.0) -> None:
     """Send what closed outboxes still hold without waiting for their logged model, for up to
     ``timeout`` seconds in all, then spool what is left (run at interpreter exit, when MLflow
-    has logged the model or never will)."""
+    has logged the model or never will, and the figures are drawn)."""
     deadline = time.monotonic() + timeout
     for outbox in list(_PENDING):
         with outbox._changed:
-            outbox._release_held = True
+            outbox._release_held = outbox._retry = True
             outbox._changed.notify_all()
         outbox._sender.join(max(0.0, deadline - time.monotonic()))
-        outbox._stop_and_spool()
+        outbox._stop_and_spool(max(0.0, deadline - time.monotonic()))
         _PENDING.discard(outbox)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 import keras
 import mlflow
@@ -109,6 +110,38 @@ def test_final_pngs_reports_and_stepped_images(tracking, digits):
     assert any("val_plots~confusion_matrix+step+2" in path for path in images)
     assert any("val_plots~pr_curves+step+2" in path for path in images)
     assert not any("+step+0" in path for path in images)
+
+
+def test_figures_are_drawn_after_fit_returns_and_flush_waits_for_them(
+    tracking, digits, monkeypatch
+):
+    """With wait_for_figures=False, fit() ends its run with every metric and report
+    delivered but does not wait for the end-of-training figures; mlflow_mcmetrics.flush()
+    (and the interpreter's exit) does."""
+    drawing_allowed = threading.Event()
+    real_draw = RenderProcess.draw
+
+    def held_back(self, **request):
+        drawing_allowed.wait(60)
+        return real_draw(self, **request)
+
+    monkeypatch.setattr(RenderProcess, "draw", held_back)
+    client, _ = tracking
+    _, run_id = train_digits(digits, 2, wait_for_figures=False)
+
+    def logged():
+        return {f.path.rsplit("/", 1)[1] for f in client.list_artifacts(run_id, "mcmetrics")}
+
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert {"classification_report.json", "dashboard.html", "labels.json"} <= logged()
+    assert not [name for name in logged() if name.endswith(".png")]
+    assert len(client.get_metric_history(run_id, "val_f1/3")) == 2
+    drawing_allowed.set()
+    mlflow_mcmetrics.flush()
+    pngs = {"confusion_matrix", "pr_curves", "roc_curves", "calibration", "f1_by_epoch"}
+    assert {f"{name}.png" for name in pngs} <= logged()
+    images = [f.path for f in client.list_artifacts(run_id, "images")]
+    assert any("val_plots~confusion_matrix+step+1" in path for path in images)
 
 
 def test_pr_curves_false_turns_off_everything_that_needs_histograms(tracking, digits):

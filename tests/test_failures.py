@@ -50,7 +50,8 @@ class Progress(keras.callbacks.Callback):
 
 x, y = load_digits(return_X_y=True)
 x = (x / 16).astype("float32")
-mlflow_mcmetrics.autolog(class_names=[f"digit {{i}}" for i in range(10)], pr_thresholds=64)
+mlflow_mcmetrics.autolog(class_names=[f"digit {{i}}" for i in range(10)], pr_thresholds=64,
+                         {autolog})
 keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"),
                           keras.layers.Dense(10, activation="softmax")])
@@ -64,15 +65,26 @@ print("after fit", time.time(), flush=True)
 
 
 def training_script(
-    tmp_path: Path, *, epochs=3, pause=0.0, after="", prelude="", wait_after_epoch=-1
+    tmp_path: Path,
+    *,
+    epochs=3,
+    pause=0.0,
+    after="",
+    prelude="",
+    wait_after_epoch=-1,
+    autolog="",
 ) -> Path:
     """A training script; after epoch ``wait_after_epoch`` it waits for a file ``go-on`` in its
-    working directory."""
+    working directory. ``autolog``: more ``autolog()`` arguments, as source."""
     script = tmp_path / "train.py"
     script.write_text(
         textwrap.dedent(prelude)
         + TRAINING.format(
-            epochs=epochs, pause=pause, after=after, wait_after_epoch=wait_after_epoch
+            epochs=epochs,
+            pause=pause,
+            after=after,
+            wait_after_epoch=wait_after_epoch,
+            autolog=autolog,
         )
     )
     return script
@@ -86,6 +98,20 @@ def child_env(tracking_uri: str, **extra) -> dict:
             name, None
         )  # set by earlier tests' mlflow.set_experiment(); each child has its own server
     return env
+
+
+def run_training(script: Path, tracking_uri: str) -> subprocess.CompletedProcess:
+    """Run a :func:`training_script` in its folder to the end; it must succeed."""
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        cwd=script.parent,
+        env=child_env(tracking_uri),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def closed_port_uri() -> str:
@@ -122,32 +148,16 @@ def test_no_environment_change_from_this_package_during_a_fit_over_http(tmp_path
     sys.addaudithook(audit)
     """
     after = "print('changes from mlflow_mcmetrics:', CHANGES)"
-    script = training_script(tmp_path, epochs=4, prelude=prelude, after=after)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=child_env(mlflow_server),
-        timeout=300,
+    done = run_training(
+        training_script(tmp_path, epochs=4, prelude=prelude, after=after), mlflow_server
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     assert "changes from mlflow_mcmetrics: []" in done.stdout, done.stdout
 
 
 def test_server_down_at_start_trains_at_once_and_sync_creates_the_run(tmp_path):
     """Item 2: a closed port; training starts within seconds, `mcmetrics sync` delivers all."""
     uri = closed_port_uri()
-    script = training_script(tmp_path, epochs=3)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=child_env(uri),
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_training(training_script(tmp_path, epochs=3), uri)
     lines = dict(
         line.split(" at ") for line in done.stdout.splitlines() if line.startswith("epoch")
     )
@@ -326,6 +336,21 @@ def test_a_signal_mid_fit_ends_the_run_killed_with_its_epochs(tmp_path, mlflow_s
     assert steps[:3] == [0, 1, 2]
 
 
+def test_a_script_that_exits_right_after_fit_gets_its_figures(tmp_path, mlflow_server):
+    """With wait_for_figures=False the end-of-training figures are drawn after fit() returns:
+    the interpreter's exit waits for them and delivers them."""
+    experiment = f"exit-{time.time_ns()}"
+    prelude = f"import mlflow\nmlflow.set_experiment({experiment!r})\n"
+    script = training_script(tmp_path, epochs=2, prelude=prelude, autolog="wait_for_figures=False")
+    run_training(script, mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FINISHED"
+    logged = {f.path.rsplit("/", 1)[1] for f in client.list_artifacts(run.info.run_id, "mcmetrics")}
+    figures = ("confusion_matrix", "pr_curves", "roc_curves", "calibration", "f1_by_epoch")
+    assert {f"{name}.png" for name in figures} <= logged
+
+
 def test_an_error_while_drawing_does_not_escape_fit(tracking, digits, monkeypatch):
     """Item 5: errors in drawing, reporting, delivering become one warning each."""
     from mlflow_mcmetrics.render import RenderProcess
@@ -343,11 +368,13 @@ def test_an_error_while_drawing_does_not_escape_fit(tracking, digits, monkeypatc
     mlflow_mcmetrics.autolog()
     model = dense_model(64, 10, "softmax")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    with pytest.warns(MCMetricsWarning, match="log the final artifacts .*no display"):
+    with pytest.warns(MCMetricsWarning, match="draw the end-of-training figures .*no display"):
         model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=128, verbose=0)
     run_id = mlflow.last_active_run().info.run_id
     assert [m.step for m in client.get_metric_history(run_id, "val_f1/3")] == [0, 1]
     assert client.get_run(run_id).info.status == "FINISHED"
+    final = {f.path.rsplit("/", 1)[1] for f in client.list_artifacts(run_id, "mcmetrics")}
+    assert "confusion_matrix.png" in final and "f1_by_epoch.png" not in final
 
 
 def test_warnings_have_their_category_and_silent_silences_them(tracking, digits):
