@@ -35,7 +35,8 @@ array([[1., 0., 0.],
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -499,9 +500,9 @@ def _nonempty_bins(score_histogram: np.ndarray) -> _NonemptyBins:
     )
 
 
-def _sum_by_class(classes: np.ndarray, values: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(C,)``: the sum of ``values`` over the rows of each class."""
-    return np.bincount(classes, weights=values, minlength=num_classes)
+def _sum_by_class(classes: np.ndarray, num_classes: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A function of ``values`` (one per row of ``classes``): their ``(C,)`` sums by class."""
+    return functools.partial(np.bincount, classes, minlength=num_classes)
 
 
 def _split_by_class(classes: np.ndarray, num_classes: int, *columns: np.ndarray) -> list:
@@ -625,10 +626,7 @@ def _average_precision(nonempty: _NonemptyBins):
     classes, ranked, tied_negatives = classes[kept], ranked[kept], tied_negatives[kept]
     true_through, false_through = true_through[kept], false_through[kept]
     true_before, false_before = true_through - ranked, false_through - tied_negatives
-
-    def per_class(values):
-        return _sum_by_class(classes, values, num_classes)
-
+    per_class = _sum_by_class(classes, num_classes)
     ap = per_class(ranked * true_through / (true_through + false_through))
     upper = per_class(_sum_of_precisions(true_before, false_before, ranked, 0.0))
     lower = per_class(_sum_of_precisions(true_before, false_before, ranked, tied_negatives))
@@ -683,10 +681,7 @@ def roc_auc_from_histogram(score_histogram: np.ndarray):
 def _roc_auc(nonempty: _NonemptyBins):
     classes, _, (negatives_at_or_above, _), (negatives, positives), totals = nonempty
     num_classes = totals.shape[1]
-
-    def per_class(values):
-        return _sum_by_class(classes, values, num_classes)
-
+    per_class = _sum_by_class(classes, num_classes)
     pairs = totals[1] * totals[0]
     outranked = per_class(positives * (totals[0, classes] - negatives_at_or_above))
     tied = per_class(positives * negatives)

@@ -396,10 +396,10 @@ class Outbox:
                     return position, record
             if self._closed_at is None:
                 return None
-            waiting = [(p, r) for p, r in enumerate(self._queue) if isinstance(r, dict)]
-            if not waiting:
+            waiting = next(((p, r) for p, r in enumerate(self._queue) if isinstance(r, dict)), None)
+            if waiting is None:
                 return None  # only figures still being drawn
-            position, record = waiting[0]
+            position, record = waiting
             wait = (
                 not self._release_held and time.monotonic() - self._closed_at < MODEL_WAIT_SECONDS
             )
