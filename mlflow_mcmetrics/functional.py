@@ -47,8 +47,11 @@ from mlflow_mcmetrics.validation import TASKS, check_arguments
 __all__ = [
     "CALIBRATION_BINS",
     "DEFAULT_PR_THRESHOLDS",
+    "SHOT_GROUPS",
+    "SHOT_THRESHOLDS",
     "TASKS",
     "ClassificationState",
+    "ShotGroups",
     "agreement_scores_from_confusion_matrix",
     "average_precision_from_histogram",
     "calibration_state",
@@ -56,6 +59,8 @@ __all__ = [
     "expected_calibration_error",
     "f1_macro_from_stat_scores",
     "f1_optimal_threshold_from_histogram",
+    "geometric_mean_from_stat_scores",
+    "group_scores_from_stat_scores",
     "merge_states",
     "precision_recall_curve_from_histogram",
     "precision_recall_points_from_histogram",
@@ -66,6 +71,9 @@ __all__ = [
     "roc_curve_from_histogram",
     "roc_points_from_histogram",
     "score_bins",
+    "shot_groups",
+    "specificity_iba_from_stat_scores",
+    "spread_from_stat_scores",
     "stat_scores_from_confusion_matrix",
     "state_from_predictions",
     "top_label_reliability",
@@ -84,6 +92,12 @@ DEFAULT_PR_THRESHOLDS = 4096
 
 #: Equal-width confidence bins of the expected calibration error (Guo et al. 2017).
 CALIBRATION_BINS = 15
+
+#: The long-tail groups of classes, head to tail (see :func:`shot_groups`).
+SHOT_GROUPS = ("many", "medium", "few")
+#: Training samples per class that separate few- from medium- and medium- from many-shot
+#: classes (Liu et al. 2019, ImageNet-LT; Kang et al. 2020).
+SHOT_THRESHOLDS = (20, 100)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -837,12 +851,284 @@ def agreement_scores_from_confusion_matrix(confusion_matrix: np.ndarray) -> dict
     }
 
 
+class ShotGroups(NamedTuple):
+    """The long-tail group of each class (see :func:`shot_groups`)."""
+
+    #: ``(C,)`` ``"many"``, ``"medium"`` or ``"few"``; ``""`` for a class left out of ``labels``.
+    groups: np.ndarray
+    #: ``"thresholds"`` (by training samples) or ``"thirds"`` (of the classes by count).
+    rule: str
+    #: The ``shot_thresholds`` given (also when the rule became ``"thirds"``).
+    thresholds: tuple[float, float]
+    #: Classes per group, in :data:`SHOT_GROUPS` order.
+    sizes: dict[str, int]
+    #: ``(C,)`` the training samples per class the groups were made from.
+    counts: np.ndarray
+
+
+def shot_groups(
+    class_counts: Sequence[float] | np.ndarray,
+    shot_thresholds: tuple[float, float] = SHOT_THRESHOLDS,
+    *,
+    labels: Sequence[int] | None = None,
+) -> ShotGroups:
+    """Many-, medium- and few-shot classes by their training samples, as the long-tailed
+    recognition literature reports results (ImageNet-LT, Places-LT, iNaturalist).
+
+    With ``shot_thresholds=(low, high)``: many-shot ``count > high``, medium-shot
+    ``low <= count <= high``, few-shot ``count < low``. This is Balanced Meta-Softmax's code
+    (``> 100`` and ``< 20``, github.com/jiawei-ren/BalancedMetaSoftmax-Classification,
+    ``utils.shot_acc``); OLTR's code, where the split comes from, puts the edges the other
+    way (``>= 100`` many, ``<= 20`` few; github.com/zhmiao/OpenLongTailRecognition-OLTR),
+    so a class with exactly 20 or 100 samples is medium-shot here and few- or many-shot
+    there.
+
+    When a group would be empty (small data where no class reaches ``high``, or large data
+    where every class does), the classes are split into thirds by count instead: sorted by
+    count, most first, ties in class order, the first ``ceil(C / 3)`` are many-shot and the
+    rest halved the same way (``np.array_split``: 10 classes give 4, 3, 3), so classes with
+    equal counts can fall into neighbouring groups.
+
+    Args:
+        class_counts: ``(C,)`` training samples per class; the data's, not a resampled
+            stream's (oversampling would make every class look many-shot).
+        shot_thresholds: ``(low, high)``, ``0 <= low <= high``.
+        labels: the classes to group (default: all); the others get ``""``.
+
+    >>> grouped = shot_groups([104, 74, 53, 38, 27, 19, 14, 10, 7, 5])  # the MLproject's digits
+    >>> grouped.groups.tolist()
+    ['many', 'medium', 'medium', 'medium', 'medium', 'few', 'few', 'few', 'few', 'few']
+    >>> grouped.rule, grouped.sizes
+    ('thresholds', {'many': 1, 'medium': 4, 'few': 5})
+    >>> shot_groups([50, 40, 30, 20, 10]).groups.tolist()  # no class above 100: thirds
+    ['many', 'many', 'medium', 'medium', 'few']
+    """
+    counts = np.asarray(class_counts, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise ValueError(f"class_counts must be finite and non-negative, got {counts}.")
+    low, high = (float(edge) for edge in shot_thresholds)
+    if not 0 <= low <= high:
+        raise ValueError(
+            f"shot_thresholds must be (low, high) with 0 <= low <= high, got {shot_thresholds}."
+        )
+    labels = _resolve_labels(len(counts), labels)
+    scored = counts[labels]
+    grouped = np.where(scored > high, "many", np.where(scored < low, "few", "medium"))
+    rule = "thresholds"
+    if not all(np.any(grouped == name) for name in SHOT_GROUPS):
+        rule = "thirds"
+        grouped = np.empty(len(labels), dtype=grouped.dtype)
+        most_first = np.argsort(-scored, kind="stable")
+        for name, part in zip(SHOT_GROUPS, np.array_split(most_first, 3), strict=True):
+            grouped[part] = name
+    groups = np.full(len(counts), "", dtype="<U6")
+    groups[labels] = grouped
+    sizes = {name: int(np.sum(grouped == name)) for name in SHOT_GROUPS}
+    return ShotGroups(groups, rule, (low, high), sizes, counts)
+
+
+def _present(support: np.ndarray, labels) -> np.ndarray:
+    """The classes of ``labels`` with samples in the split (support > 0)."""
+    labels = _resolve_labels(len(support), labels)
+    return labels[np.asarray(support)[labels] > 0]
+
+
+def _recall_f1_of(true_positives, predicted, support, classes):
+    """Recall and F1 of ``classes``, each of which has samples (so both are defined)."""
+    true_positives, predicted, support = (
+        np.asarray(values, dtype=np.float64)[classes]
+        for values in (true_positives, predicted, support)
+    )
+    return true_positives / support, 2.0 * true_positives / (support + predicted)
+
+
+def group_scores_from_stat_scores(
+    true_positives, predicted, support, groups, *, labels: Sequence[int] | None = None
+) -> dict[str, dict[str, float]]:
+    """Per long-tail group, the macro recall (the literature's per-group accuracy) and macro
+    F1 over its classes that have samples in the split.
+
+    A class without samples in the split (a tail class missing from Keras' unshuffled
+    ``validation_split``) is left out, as OLTR's and Balanced Meta-Softmax's ``shot_acc``
+    and scikit-learn's ``balanced_accuracy_score`` leave it out: counting it as recall 0
+    (scikit-learn's ``zero_division=0``) would score a failure that did not happen, right in
+    the group read for the tail. So each value equals scikit-learn's
+    ``recall_score``/``f1_score(labels=<the group's classes with samples>, average="macro")``
+    whatever ``zero_division``; ``classes`` and ``classes_with_samples`` say what it covers.
+    A group without any class with samples has NaN scores.
+
+    Args:
+        true_positives, predicted, support: per-class stat scores
+            (:func:`stat_scores_from_confusion_matrix`).
+        groups: ``(C,)`` group name per class (:attr:`ShotGroups.groups`).
+        labels: the classes to score (default: all).
+
+    Returns:
+        ``{group: {"recall", "f1", "classes", "classes_with_samples"}}`` for each of
+        :data:`SHOT_GROUPS`.
+
+    >>> scores = group_scores_from_stat_scores(
+    ...     [8, 3, 0], [9, 4, 1], [10, 4, 0], ["many", "few", "few"])
+    >>> scores["few"]
+    {'recall': 0.75, 'f1': 0.75, 'classes': 2, 'classes_with_samples': 1}
+    """
+    support = np.asarray(support, dtype=np.float64)
+    labels = _resolve_labels(len(support), labels)
+    groups = np.asarray(groups)
+    result = {}
+    for name in SHOT_GROUPS:
+        members = labels[groups[labels] == name]
+        present = _present(support, members)
+        recall, f1 = _recall_f1_of(true_positives, predicted, support, present)
+        result[name] = {
+            "recall": float(recall.mean()) if present.size else float("nan"),
+            "f1": float(f1.mean()) if present.size else float("nan"),
+            "classes": int(members.size),
+            "classes_with_samples": int(present.size),
+        }
+    return result
+
+
+def geometric_mean_from_stat_scores(
+    true_positives, support, *, labels: Sequence[int] | None = None, correction: float = 0.0
+) -> float:
+    """Geometric mean of the per-class recalls of the classes with samples in the split.
+
+    imbalanced-learn's ``geometric_mean_score(average="multiclass", correction=...)`` with
+    ``labels`` the classes that have samples: a recall of 0 is replaced by ``correction``
+    first (with the default 0.0 one class never recognised makes the G-mean 0). Classes
+    without samples are left out, as in :func:`group_scores_from_stat_scores` (imbalanced-learn
+    with every class in ``labels`` counts them as recall 0). For a binary state it is
+    ``sqrt(sensitivity * specificity)``. NaN when no class has samples.
+
+    >>> geometric_mean_from_stat_scores([8, 1, 0], [10, 5, 0])
+    0.4
+    >>> round(geometric_mean_from_stat_scores([8, 0], [10, 5], correction=0.001), 4)
+    0.0283
+    """
+    present = _present(np.asarray(support), labels)
+    if not present.size:
+        return float("nan")
+    recall = (
+        np.asarray(true_positives, np.float64)[present] / np.asarray(support, np.float64)[present]
+    )
+    recall[recall == 0] = correction
+    if np.any(recall == 0):
+        return 0.0
+    return float(np.exp(np.mean(np.log(recall))))
+
+
+def specificity_iba_from_stat_scores(
+    true_positives,
+    predicted,
+    support,
+    total: float,
+    *,
+    alpha: float = 0.1,
+    zero_division: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class specificity and index-balanced accuracy, as imbalanced-learn's
+    ``classification_report_imbalanced`` (its ``spe`` and ``iba`` columns).
+
+    Specificity is the true-negative rate ``tn / (tn + fp)`` of the class one-vs-rest, with
+    ``tn = total - predicted - support + true_positives``. IBA (García et al. 2009) with
+    imbalanced-learn's defaults (``alpha=0.1``, squared G-mean) is
+    ``(1 + alpha * (recall - specificity)) * recall * specificity``. An undefined recall or
+    specificity is ``zero_division`` (imbalanced-learn always uses 0).
+
+    Args:
+        true_positives, predicted, support: per-class stat scores.
+        total: the samples in the split (a multilabel state: per label, ``N``).
+
+    >>> specificity, iba = specificity_iba_from_stat_scores([3, 4], [5, 5], [4, 6], 10)
+    >>> specificity.round(4), iba.round(4)
+    (array([0.6667, 0.75  ]), array([0.5042, 0.4958]))
+    """
+    true_positives, predicted, support = (
+        np.asarray(values, dtype=np.float64) for values in (true_positives, predicted, support)
+    )
+    true_negatives = total - predicted - support + true_positives
+    specificity = _divide(true_negatives, total - support, zero_division)
+    recall = _divide(true_positives, support, zero_division)
+    return specificity, (1.0 + alpha * (recall - specificity)) * recall * specificity
+
+
+def spread_from_stat_scores(
+    true_positives, predicted, support, *, labels: Sequence[int] | None = None
+) -> dict[str, float]:
+    """How the per-class scores spread, over the classes with samples in the split: the worst
+    class's F1 and recall, the mean F1 of the worst 10 % of them (``ceil(n / 10)`` classes,
+    at least one) and how many have recall 0 (never recognised).
+
+    Classes without samples are left out as in :func:`group_scores_from_stat_scores` (their
+    recall is undefined; a wrong prediction of one already lowers another class's recall).
+    NaN scores (and 0 classes) when no class has samples.
+
+    >>> spread_from_stat_scores([8, 3, 0, 0], [9, 4, 2, 0], [10, 4, 1, 0])
+    {'f1_worst': 0.0, 'recall_worst': 0.0, 'f1_worst_10pct': 0.0, 'classes_recall_0': 1}
+    """
+    present = _present(np.asarray(support), labels)
+    if not present.size:
+        nan = float("nan")
+        return {"f1_worst": nan, "recall_worst": nan, "f1_worst_10pct": nan, "classes_recall_0": 0}
+    recall, f1 = _recall_f1_of(true_positives, predicted, support, present)
+    worst = -(-present.size // 10)
+    return {
+        "f1_worst": float(f1.min()),
+        "recall_worst": float(recall.min()),
+        "f1_worst_10pct": float(np.sort(f1)[:worst].mean()),
+        "classes_recall_0": int(np.sum(recall == 0)),
+    }
+
+
+def _stat_scores_of(state: ClassificationState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class true positives, predicted and support of a state: all the long-tail scores
+    read, so that they need no confusion matrix."""
+    return stat_scores_from_confusion_matrix(state.confusion_matrix)
+
+
+def _long_tail_scores(
+    state: ClassificationState, labels: np.ndarray, zero_division: float, groups, correction
+) -> dict[str, float | np.ndarray]:
+    """The long-tail part of :func:`classification_scores`."""
+    true_positives, predicted, support = _stat_scores_of(state)
+    specificity, iba = specificity_iba_from_stat_scores(
+        true_positives, predicted, support, state.num_samples, zero_division=zero_division
+    )
+    scores: dict[str, float | np.ndarray] = {
+        "specificity": specificity[labels],
+        "iba": iba[labels],
+        **spread_from_stat_scores(true_positives, predicted, support, labels=labels),
+    }
+    if not state.is_multilabel:
+        scores["gmean"] = geometric_mean_from_stat_scores(
+            true_positives, support, labels=labels, correction=correction
+        )
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != support.shape:
+            raise ValueError(
+                f"groups must name the group of each of the {len(support)} classes, got "
+                f"shape {groups.shape}."
+            )
+        scores["group"] = groups[labels]
+        by_group = group_scores_from_stat_scores(
+            true_positives, predicted, support, groups, labels=labels
+        )
+        for name, group in by_group.items():
+            scores[f"recall_{name}"] = group["recall"]
+            scores[f"f1_{name}"] = group["f1"]
+    return scores
+
+
 def classification_scores(
     state: ClassificationState,
     *,
     labels=None,
     zero_division: float = 0.0,
     task: Task | None = None,
+    groups: Sequence[str] | np.ndarray | None = None,
+    gmean_correction: float = 0.0,
 ) -> dict[str, float | np.ndarray]:
     """Every score the product logs, for one split.
 
@@ -853,6 +1139,10 @@ def classification_scores(
         task: ``"binary"`` adds the F1-optimal decision threshold of class 1 (the one the
             model's single unit scores); a multilabel state has one per label. By default
             ``"multilabel"`` for a multilabel state, else ``"multiclass"``.
+        groups: ``(C,)`` the long-tail group of each class (:attr:`ShotGroups.groups`):
+            adds the group scores.
+        gmean_correction: imbalanced-learn's ``correction`` of ``gmean`` (a recall of 0
+            counts as this).
 
     Returns:
         A dict with per-class arrays over ``labels``: ``precision``, ``recall``, ``f1``,
@@ -864,6 +1154,16 @@ def classification_scores(
         calibration state, ``ece``. Binary and multilabel with a histogram add
         ``threshold`` and ``f1_at_threshold`` (:func:`f1_optimal_threshold_from_histogram`)
         over the classes in ``threshold_labels``.
+
+        Always: per class ``specificity`` and ``iba``
+        (:func:`specificity_iba_from_stat_scores`) and the spread of the per-class scores
+        over the classes with samples (:func:`spread_from_stat_scores`: ``f1_worst``,
+        ``recall_worst``, ``f1_worst_10pct``, ``classes_recall_0``); for multiclass and binary
+        states ``gmean`` (:func:`geometric_mean_from_stat_scores`; a multilabel state's
+        labels are not one decision, and imbalanced-learn defines none for it). With
+        ``groups``: per class ``group``, and ``recall_many``, ``recall_medium``,
+        ``recall_few``, ``f1_many``, ``f1_medium``, ``f1_few``
+        (:func:`group_scores_from_stat_scores`).
     """
     labels = _resolve_labels(state.num_classes, labels)
     task = task or ("multilabel" if state.is_multilabel else "multiclass")
@@ -888,6 +1188,7 @@ def classification_scores(
     }
     if not state.is_multilabel:
         scores.update(agreement_scores_from_confusion_matrix(state.confusion_matrix))
+    scores.update(_long_tail_scores(state, labels, zero_division, groups, gmean_correction))
     if state.calibration is not None:
         scores["ece"] = expected_calibration_error(state.calibration)
     histogram = state.score_histogram
