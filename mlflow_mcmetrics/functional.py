@@ -1148,10 +1148,11 @@ def classification_scores(
         A dict with per-class arrays over ``labels``: ``precision``, ``recall``, ``f1``,
         ``support`` and, with a histogram, ``ap``, ``ap_lower``, ``ap_upper``, ``roc_auc``,
         ``roc_auc_lower``, ``roc_auc_upper``; floats ``f1_macro``, ``f1_micro``,
-        ``f1_weighted``, ``precision_macro``, ``recall_macro``, with a histogram ``map``
-        and ``roc_auc_macro`` (means over ``labels``, NaN AUCs left out), for multiclass and
-        binary states ``balanced_accuracy``, ``mcc``, ``cohen_kappa`` and, with a
-        calibration state, ``ece``. Binary and multilabel with a histogram add
+        ``f1_weighted``, ``precision_macro``, ``recall_macro`` (and ``precision_micro``,
+        ``recall_micro``, ``precision_weighted``, ``recall_weighted`` for the report), with a
+        histogram ``map`` and ``roc_auc_macro`` (means over ``labels``, NaN AUCs left out),
+        for multiclass and binary states ``balanced_accuracy``, ``mcc``, ``cohen_kappa``
+        and, with a calibration state, ``ece``. Binary and multilabel with a histogram add
         ``threshold`` and ``f1_at_threshold`` (:func:`f1_optimal_threshold_from_histogram`)
         over the classes in ``threshold_labels``.
 
@@ -1175,16 +1176,22 @@ def classification_scores(
 
     precision, recall, f1, support = averaged(None)
     precision_macro, recall_macro, f1_macro, _ = averaged("macro")
+    precision_micro, recall_micro, f1_micro, _ = averaged("micro")
+    precision_weighted, recall_weighted, f1_weighted, _ = averaged("weighted")
     scores: dict[str, float | np.ndarray] = {
         "precision": precision,
         "recall": recall,
         "f1": f1,
         "support": support,
         "f1_macro": f1_macro,
-        "f1_micro": averaged("micro")[2],
-        "f1_weighted": averaged("weighted")[2],
+        "f1_micro": f1_micro,
+        "f1_weighted": f1_weighted,
         "precision_macro": precision_macro,
         "recall_macro": recall_macro,
+        "precision_micro": precision_micro,
+        "recall_micro": recall_micro,
+        "precision_weighted": precision_weighted,
+        "recall_weighted": recall_weighted,
     }
     if not state.is_multilabel:
         scores.update(agreement_scores_from_confusion_matrix(state.confusion_matrix))

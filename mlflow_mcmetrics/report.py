@@ -8,7 +8,7 @@ to the last bit.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -39,6 +39,11 @@ __all__ = [
 ARTIFACT_DIR = "mcmetrics"
 #: The report's single-number scores beyond the P/R/F1 averages, with their names in Markdown.
 SUMMARY = {
+    "gmean": "G-mean (geometric mean of per-class recalls)",
+    "f1_worst": "worst class's F1",
+    "recall_worst": "worst class's recall",
+    "f1_worst_10pct": "mean F1 of the worst 10 % of classes",
+    "classes_recall_0": "classes with recall 0",
     "map": "mean average precision",
     "roc_auc_macro": "macro ROC AUC (one-vs-rest)",
     "balanced_accuracy": "balanced accuracy",
@@ -46,8 +51,11 @@ SUMMARY = {
     "cohen_kappa": "Cohen's kappa",
     "ece": "expected calibration error (top label, 15 bins)",
 }
-#: Short column names of the :data:`SUMMARY` scores in comparison tables.
+#: The :data:`SUMMARY` scores a comparison table shows when every run has them, with their
+#: column names.
 COMPARED_NAMES = {
+    "gmean": "G-mean",
+    "f1_worst": "worst-class F1",
     "map": "mAP",
     "roc_auc_macro": "macro ROC AUC",
     "balanced_accuracy": "balanced acc.",
@@ -68,7 +76,15 @@ SPLIT_SCORES = (
     "mcc",
     "cohen_kappa",
     "ece",
+    "gmean",
+    "f1_worst",
+    "recall_worst",
+    "f1_worst_10pct",
+    "classes_recall_0",
+    *(f"{name}_{group}" for name in ("recall", "f1") for group in functional.SHOT_GROUPS),
 )
+#: Long-tail group names in tables.
+GROUP_NAMES = {"many": "many-shot", "medium": "medium-shot", "few": "few-shot"}
 #: Per-class scores, logged as ``{prefix}{name}/{class}`` for every scored class.
 PER_CLASS = ("precision", "recall", "f1", "ap", "roc_auc")
 #: Per-class scores of the classes in ``threshold_labels`` (binary: class 1; multilabel: all).
@@ -116,36 +132,31 @@ def classification_report(
     labels: Sequence[int] | None = None,
     zero_division: float = 0.0,
     scores: dict | None = None,
+    groups: functional.ShotGroups | None = None,
 ) -> dict:
     """The report as a dict (what ``to_json``/``to_markdown`` render).
 
     ``scores`` may pass the :func:`~.functional.classification_scores` already computed for
-    ``state`` (the callback does, so that report and metrics are one computation).
+    ``state`` (the callback does, so that report and metrics are one computation), with
+    ``groups=groups.groups`` when ``groups`` (the long-tail groups, :func:`~.functional.
+    shot_groups`) is given. Each class row says whether the class has samples in the split
+    (``no_samples``); each average how many classes it covers.
     """
     labels = list(range(state.num_classes)) if labels is None else list(labels)
-    if scores is None:
-        scores = functional.classification_scores(state, labels=labels, zero_division=zero_division)
-    per_class_keys = [
-        k
-        for k in (
-            "precision",
-            "recall",
-            "f1",
-            "support",
-            "ap",
-            "ap_lower",
-            "ap_upper",
-            "roc_auc",
-            "roc_auc_lower",
-            "roc_auc_upper",
+    if scores is None or (groups is not None and "group" not in scores):
+        scores = functional.classification_scores(
+            state,
+            labels=labels,
+            zero_division=zero_division,
+            groups=None if groups is None else groups.groups,
         )
-        if k in scores
-    ]
+    per_class_keys = [k for k in REPORT_PER_CLASS if k in scores]
     classes = [
         {
             "index": label,
             "name": class_names[label],
             **{k: float(scores[k][i]) for k in per_class_keys},
+            "no_samples": bool(scores["support"][i] == 0),
         }
         for i, label in enumerate(labels)
     ]
@@ -153,20 +164,73 @@ def classification_report(
     for position, label in enumerate(scores.get("threshold_labels", [])):
         for name in PER_THRESHOLD_LABEL:
             rows[label][name] = float(scores[name][position])
-    averages = {}
-    for average in ("macro", "micro", "weighted"):
-        precision, recall, f1, _ = functional.precision_recall_f1_from_confusion_matrix(
-            state.confusion_matrix, labels=labels, average=average, zero_division=zero_division
-        )
-        averages[average] = {"precision": precision, "recall": recall, "f1": f1}
+    with_samples = int(np.sum(np.asarray(scores["support"]) > 0))
+    averages = {
+        average: {
+            "precision": scores[f"precision_{average}"],
+            "recall": scores[f"recall_{average}"],
+            "f1": scores[f"f1_{average}"],
+            "classes": len(labels),
+            "classes_with_samples": with_samples,
+        }
+        for average in ("macro", "micro", "weighted")
+    }
     report = {
         "classes": classes,
         "averages": averages,
         "support": float(np.sum(scores["support"])),
-        "most_confused": most_confused_pairs(state.confusion_matrix, class_names, labels),
+        "most_confused": []
+        if state.confusion_matrix is None
+        else most_confused_pairs(state.confusion_matrix, class_names, labels),
     }
+    if groups is not None:
+        for row in classes:
+            row["group"] = str(groups.groups[row["index"]])
+            row["training_samples"] = float(groups.counts[row["index"]])
+        report["groups"] = _group_rows(groups, scores, labels)
     report.update({name: scores[name] for name in SUMMARY if name in scores})
     return report
+
+
+#: The per-class arrays of :func:`functional.classification_scores` the report shows.
+REPORT_PER_CLASS = (
+    "precision",
+    "recall",
+    "f1",
+    "specificity",
+    "iba",
+    "support",
+    "ap",
+    "ap_lower",
+    "ap_upper",
+    "roc_auc",
+    "roc_auc_lower",
+    "roc_auc_upper",
+)
+
+
+def _group_rows(groups: functional.ShotGroups, scores: dict, labels: Sequence[int]) -> dict:
+    """The report's long-tail section: the rule, and per group its classes (with samples in
+    the split), their range of training samples and the group's logged recall and F1."""
+    scored_groups = np.asarray(scores["group"])
+    present = np.asarray(scores["support"]) > 0
+    counts = groups.counts[np.asarray(labels, dtype=int)]
+    rows = []
+    for name in functional.SHOT_GROUPS:
+        members = scored_groups == name
+        rows.append(
+            {
+                "group": name,
+                "classes": int(members.sum()),
+                "classes_with_samples": int((members & present).sum()),
+                "training_samples": [float(counts[members].min()), float(counts[members].max())]
+                if members.any()
+                else None,
+                "recall": scores[f"recall_{name}"],
+                "f1": scores[f"f1_{name}"],
+            }
+        )
+    return {"rule": groups.rule, "thresholds": list(groups.thresholds), "rows": rows}
 
 
 def to_json(report: dict) -> str:
@@ -181,21 +245,44 @@ def _interval(lower: float, upper: float) -> str:
     return f"[{lower:.4f}, {upper:.4f}]"
 
 
+def _grouping_rule(groups: dict) -> str:
+    low, high = (f"{edge:g}" for edge in groups["thresholds"])
+    if groups["rule"] == "thresholds":
+        return (
+            f"Groups by training samples per class: many-shot > {high}, medium-shot "
+            f"{low}–{high}, few-shot < {low}."
+        )
+    return (
+        f"Groups: thirds of the classes by training samples (by the thresholds {low} and "
+        f"{high} a group would be empty)."
+    )
+
+
 def to_markdown(report: dict, *, title: str = "Classification report") -> str:
-    """The report as Markdown tables (per class, averages, summary scores, most-confused
-    pairs)."""
+    """The report as Markdown tables (per class, long-tail groups, averages, summary scores,
+    most-confused pairs)."""
     rows = report["classes"]
-    has = {key: any(key in row for row in rows) for key in ("ap", "roc_auc", "threshold")}
-    header = ["class", "precision", "recall", "F1", "support"]
+    has = {
+        key: any(key in row for row in rows)
+        for key in ("group", "specificity", "ap", "roc_auc", "threshold")
+    }
+    header = ["class"]
+    header += ["group", "training samples"] if has["group"] else []
+    header += ["precision", "recall", "F1"]
+    header += ["specificity", "IBA"] if has["specificity"] else []
+    header += ["support"]
     header += ["AP", "AP tie interval"] if has["ap"] else []
     header += ["ROC AUC", "ROC AUC tie interval"] if has["roc_auc"] else []
     header += ["F1-optimal threshold", "F1 there"] if has["threshold"] else []
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [
-            row["name"].replace("|", "\\|"),
-            *(_cell(row[k]) for k in ("precision", "recall", "f1", "support")),
-        ]
+        cells = [row["name"].replace("|", "\\|")]
+        if has["group"]:
+            cells += [row["group"], _cell(row["training_samples"])]
+        cells += [_cell(row[k]) for k in ("precision", "recall", "f1")]
+        if has["specificity"]:
+            cells += [_cell(row["specificity"]), _cell(row["iba"])]
+        cells.append(_cell(row["support"]) + (" (no samples)" if row["no_samples"] else ""))
         if has["ap"]:
             cells += [_cell(row["ap"]), _interval(row["ap_lower"], row["ap_upper"])]
         if has["roc_auc"]:
@@ -203,11 +290,46 @@ def to_markdown(report: dict, *, title: str = "Classification report") -> str:
         if has["threshold"]:
             cells += [_cell(row[k]) if k in row else "" for k in PER_THRESHOLD_LABEL]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| average | precision | recall | F1 |", "|---|---|---|---|"]
+    if has["specificity"]:
+        lines += [
+            "",
+            "Specificity and IBA (index-balanced accuracy, alpha 0.1, squared G-mean) as "
+            "imbalanced-learn's `classification_report_imbalanced`.",
+        ]
+    if "groups" in report:
+        lines += [
+            "",
+            "## Long-tail groups",
+            "",
+            _grouping_rule(report["groups"]),
+            "Macro recall and F1 over each group's classes with samples in this split.",
+            "",
+            "| group | classes | with samples | training samples per class | macro recall | "
+            "macro F1 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for group in report["groups"]["rows"]:
+            span = group["training_samples"]
+            span = "" if span is None else "–".join(dict.fromkeys(_cell(v) for v in span))
+            lines.append(
+                f"| {GROUP_NAMES[group['group']]} | {group['classes']} | "
+                f"{group['classes_with_samples']} | {span} | {_cell(group['recall'])} | "
+                f"{_cell(group['f1'])} |"
+            )
+    lines += ["", "| average | precision | recall | F1 | classes |", "|---|---|---|---|---|"]
     for name, row in report["averages"].items():
         lines.append(
-            f"| {name} | {_cell(row['precision'])} | {_cell(row['recall'])} | {_cell(row['f1'])} |"
+            f"| {name} | {_cell(row['precision'])} | {_cell(row['recall'])} | "
+            f"{_cell(row['f1'])} | {row['classes']} ({row['classes_with_samples']} with "
+            "samples) |"
         )
+    absent = [row["name"] for row in rows if row["no_samples"]]
+    if absent:
+        lines += [
+            "",
+            f"No samples in this split: {', '.join(absent)}. Macro and weighted averages count "
+            "such a class with `zero_division`; the long-tail and spread scores leave it out.",
+        ]
     summary = [name for name in SUMMARY if name in report]
     if summary:
         lines += ["", "| score | value |", "|---|---|"]
@@ -271,8 +393,11 @@ def confusion_matrix_payload(
     state: functional.ClassificationState, class_names: Sequence[str], epoch: int | None, split: str
 ) -> dict:
     """``{split}_confusion_matrix.json``: rows = true class, columns = predicted (scikit-learn's
-    layout); multilabel: one ``[[tn, fp], [fn, tp]]`` per label."""
+    layout); multilabel: one ``[[tn, fp], [fn, tp]]`` per label. Not for a state that keeps
+    no confusion matrix (many classes: per-class counts only)."""
     matrix = state.confusion_matrix
+    if matrix is None:
+        raise ValueError("This state keeps per-class counts only, no confusion matrix.")
     if np.all(matrix == np.round(matrix)):  # unweighted counts: write 3, not 3.0
         matrix = matrix.astype(np.int64)
     return {
@@ -437,43 +562,57 @@ def comparison_table(
     results: Sequence[tuple[str, dict[str, float]]],
     class_keys: Sequence[str],
     prefix: str,
-    tail: int = 3,
+    groups: Mapping[str, str] | None = None,
 ) -> dict:
-    """Per-class F1 and macro F1 of several runs, grouped (e.g. by loss): mean and std.
+    """Per-class, per-long-tail-group and macro F1 of several runs, grouped (e.g. by loss):
+    mean and std over the runs of each group.
+
+    The question it answers: which loss helps the tail without hurting the head. So beside
+    macro F1 each row has the many-, medium- and few-shot F1 of its runs: per run the mean
+    F1 of the group's classes (the group's macro F1, as ``{prefix}f1_many`` etc. on a split
+    where every class has samples), then mean ± std over the runs.
 
     Args:
         results: ``(group, metrics)`` per run; ``metrics`` holds ``{prefix}f1/{class}`` and
             ``{prefix}f1_macro``.
         class_keys: the class key components, in the order to show (head classes first).
         prefix: ``"test_"``, ``"val_"`` or ``""``.
-        tail: how many of the last classes make the "tail" column.
+        groups: the long-tail group of each class key (from the training counts, see
+            :func:`~.functional.shot_groups`); without it no group columns.
 
     Returns:
-        ``{"prefix", "classes", "tail_classes", "scores", "rows": [{"group", "runs",
-        "f1_macro": [mean, std], "tail_f1": [mean, std], "f1": {class: [mean, std]},
-        "scores": {name: [mean, std]}}]}``, groups in first-seen order; ``scores`` are the
-        :data:`SUMMARY` scores (mAP, macro ROC AUC, balanced accuracy, MCC, kappa, ECE) that
-        every run has.
+        ``{"prefix", "classes", "group_classes": {group: [class]}, "tail_classes" (the
+        few-shot ones), "scores", "rows": [{"group", "runs", "f1_macro": [mean, std],
+        "group_f1": {group: [mean, std]}, "f1": {class: [mean, std]}, "scores": {name:
+        [mean, std]}}]}``, groups of runs in first-seen order; ``scores`` are the
+        :data:`COMPARED_NAMES` scores (G-mean, worst-class F1, mAP, ...) that every run has.
     """
-    groups: dict[str, list[dict[str, float]]] = {}
+    by_group: dict[str, list[dict[str, float]]] = {}
     for group, metrics in results:
-        groups.setdefault(group, []).append(metrics)
-    tail_classes = list(class_keys[-tail:])
+        by_group.setdefault(group, []).append(metrics)
+    group_classes = {
+        name: [c for c in class_keys if groups.get(c) == name]
+        for name in functional.SHOT_GROUPS
+        if groups is not None and any(groups.get(c) == name for c in class_keys)
+    }
     summary = [
-        name for name in SUMMARY if all(f"{prefix}{name}" in metrics for _, metrics in results)
+        name
+        for name in COMPARED_NAMES
+        if all(f"{prefix}{name}" in metrics for _, metrics in results)
     ]
     rows = []
-    for group, runs in groups.items():
+    for group, runs in by_group.items():
         per_class = {c: np.array([m[f"{prefix}f1/{c}"] for m in runs]) for c in class_keys}
-        macro = np.array([m[f"{prefix}f1_macro"] for m in runs])
-        tail_f1 = np.mean([per_class[c] for c in tail_classes], axis=0)
         rows.append(
             {
                 "group": group,
                 "runs": len(runs),
-                "f1_macro": [float(macro.mean()), float(macro.std())],
-                "tail_f1": [float(tail_f1.mean()), float(tail_f1.std())],
-                "f1": {c: [float(v.mean()), float(v.std())] for c, v in per_class.items()},
+                "f1_macro": _mean_std([m[f"{prefix}f1_macro"] for m in runs]),
+                "group_f1": {
+                    name: _mean_std(np.nanmean([per_class[c] for c in members], axis=0))
+                    for name, members in group_classes.items()
+                },
+                "f1": {c: _mean_std(v) for c, v in per_class.items()},
                 "scores": {
                     name: _mean_std([m[f"{prefix}{name}"] for m in runs]) for name in summary
                 },
@@ -482,7 +621,8 @@ def comparison_table(
     return {
         "prefix": prefix,
         "classes": list(class_keys),
-        "tail_classes": tail_classes,
+        "group_classes": group_classes,
+        "tail_classes": group_classes.get("few", []),
         "scores": summary,
         "rows": rows,
     }
@@ -498,17 +638,15 @@ def _mean_std(values: Sequence[float]) -> list[float]:
 
 
 def comparison_to_csv(table: dict) -> str:
-    columns = ["group", "runs", "f1_macro", "f1_macro_std", "tail_f1", "tail_f1_std"]
+    groups = list(table["group_classes"])
+    columns = ["group", "runs", "f1_macro", "f1_macro_std"]
+    columns += [f"f1_{name}{suffix}" for name in groups for suffix in ("", "_std")]
     columns += [f"{name}{suffix}" for name in table["scores"] for suffix in ("", "_std")]
     columns += [f"f1/{c}{suffix}" for c in table["classes"] for suffix in ("", "_std")]
     lines = [",".join(columns)]
     for row in table["rows"]:
-        cells = [
-            row["group"],
-            str(row["runs"]),
-            *map(str, row["f1_macro"]),
-            *map(str, row["tail_f1"]),
-        ]
+        cells = [row["group"], str(row["runs"]), *map(str, row["f1_macro"])]
+        cells += [str(v) for name in groups for v in row["group_f1"][name]]
         cells += [str(v) for name in table["scores"] for v in row["scores"][name]]
         cells += [str(v) for c in table["classes"] for v in row["f1"][c]]
         lines.append(",".join(cells))
@@ -516,6 +654,9 @@ def comparison_to_csv(table: dict) -> str:
 
 
 def comparison_to_markdown(table: dict) -> str:
+    """The comparison as a Markdown table: mean ± std over each row's runs (the mean alone
+    where every run agrees)."""
+
     def cell(mean_std):
         mean, std = mean_std
         return f"{mean:.3f}" if std == 0 else f"{mean:.3f} ± {std:.3f}"
@@ -524,14 +665,28 @@ def comparison_to_markdown(table: dict) -> str:
         "loss",
         "runs",
         "macro F1",
-        f"tail-{len(table['tail_classes'])} F1",
+        *(
+            f"{GROUP_NAMES[name]} F1 ({len(members)})"
+            for name, members in table["group_classes"].items()
+        ),
         *(COMPARED_NAMES[name] for name in table["scores"]),
         *table["classes"],
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table["rows"]:
-        cells = [row["group"], str(row["runs"]), cell(row["f1_macro"]), cell(row["tail_f1"])]
+        cells = [row["group"], str(row["runs"]), cell(row["f1_macro"])]
+        cells += [cell(row["group_f1"][name]) for name in table["group_classes"]]
         cells += [cell(row["scores"][name]) for name in table["scores"]]
         cells += [cell(row["f1"][c]) for c in table["classes"]]
         lines.append("| " + " | ".join(cells) + " |")
+    if table["group_classes"]:
+        lines += [
+            "",
+            "Group F1: per run the mean F1 of the group's classes ("
+            + "; ".join(
+                f"{GROUP_NAMES[name]}: {', '.join(members)}"
+                for name, members in table["group_classes"].items()
+            )
+            + "), then mean ± std over the runs.",
+        ]
     return "\n".join(lines) + "\n"
