@@ -109,10 +109,11 @@ def epoch_record(
     train_support: np.ndarray | None = None,
 ) -> dict:
     """One epoch of the dashboard: the split's per-class scores and averages, its confusion
-    matrix (sparse) and, with ``curves`` and a score histogram, its PR, ROC and reliability
-    curves (thinned). ``scores`` is :func:`functional.classification_scores` of ``state`` for
-    the scored ``labels``; ``train_support`` the training samples per class, for marking the
-    tail classes."""
+    matrix (sparse; none when the state keeps per-class counts only) and, with ``curves`` and
+    a score histogram, its PR, ROC and reliability curves (thinned). ``scores`` is
+    :func:`functional.classification_scores` of ``state`` for the scored ``labels``;
+    ``train_support`` the training split's samples per class this epoch, from which
+    :func:`dashboard_data` groups the classes when it is given no groups."""
     record = {
         "epoch": epoch,
         "split": split,
@@ -120,8 +121,9 @@ def epoch_record(
         "averages": {
             name: _values([scores[name]])[0] for name in report.SPLIT_SCORES if name in scores
         },
-        "matrix": _sparse_matrix(state.confusion_matrix),
     }
+    if state.confusion_matrix is not None:
+        record["matrix"] = _sparse_matrix(state.confusion_matrix)
     if train_support is not None:
         record["train_support"] = _values(train_support)
     if "threshold" in scores:
@@ -148,9 +150,17 @@ def dashboard_data(
     task: str,
     records: Sequence[dict],
     ignore_class: int | None = None,
+    *,
+    groups: functional.ShotGroups | None = None,
 ) -> dict:
-    """The dashboard's data: the records of one split (that of the last record), in order."""
+    """The dashboard's data: the records of one split (that of the last record), in order,
+    and the long-tail group of each class: ``groups``, else grouped by the training support
+    of the first record that has it (the first epoch's; :func:`functional.shot_groups`)."""
     split = records[-1]["split"]
+    if groups is None:
+        support = next((r["train_support"] for r in records if "train_support" in r), None)
+        if support is not None:
+            groups = functional.shot_groups(support, labels=labels)
     return {
         "title": title,
         "task": task,
@@ -158,7 +168,21 @@ def dashboard_data(
         "classes": list(class_names),
         "labels": [int(label) for label in labels],
         "ignore_class": ignore_class,
-        "epochs": [record for record in records if record["split"] == split],
+        "groups": None
+        if groups is None
+        else {
+            "rule": groups.rule,
+            "thresholds": list(groups.thresholds),
+            "sizes": groups.sizes,
+            "of_class": groups.groups.tolist(),
+            "counts": _values(groups.counts),
+        },
+        # The groups carry the training counts: a record's own copy would only add size.
+        "epochs": [
+            {key: value for key, value in record.items() if key != "train_support"}
+            for record in records
+            if record["split"] == split
+        ],
     }
 
 
@@ -170,12 +194,13 @@ def comparison_data(
     group_by: str = "loss",
     train_counts: Mapping[str, float] | None = None,
 ) -> dict:
-    """The comparison page's data: a :func:`report.comparison_table` with the run ids of each
-    group and, when known, each class's training count (the table's class order is kept:
-    head to tail)."""
+    """The comparison page's data: a :func:`report.comparison_table` (with its long-tail
+    groups) with the run ids of each group of runs and, when known, each class's training
+    count (the table's class order is kept: head to tail)."""
     return {
         **table,
         "score_names": {name: report.COMPARED_NAMES[name] for name in table["scores"]},
+        "group_names": report.GROUP_NAMES,
         "title": title,
         "group_by": group_by,
         "run_ids": {group: list(ids) for group, ids in run_ids.items()},

@@ -1,6 +1,6 @@
-// comparison.html: per-class F1 of several groups of runs (e.g. one per loss), mean ± std over
-// their seeds, classes from head to tail. The data is the JSON in #mcmetrics-data, written by
-// mlflow_mcmetrics.pages.
+// comparison.html: per-class and per-long-tail-group F1 of several groups of runs (e.g. one per
+// loss), mean ± std over their seeds, classes from head to tail. The data is the JSON in
+// #mcmetrics-data, written by mlflow_mcmetrics.pages.
 "use strict";
 
 (() => {
@@ -8,7 +8,9 @@
   const data = JSON.parse(document.getElementById("mcmetrics-data").textContent);
   const classes = data.classes;
   const rows = data.rows;
-  const tail = new Set(data.tail_classes);
+  const groupClasses = data.group_classes; // many-, medium-, few-shot: class keys, head first
+  const GROUPS = Object.keys(groupClasses);
+  const groupOf = new Map(GROUPS.flatMap((g) => groupClasses[g].map((c) => [c, g])));
   const meanStd = ([mean, std]) => (std ? `${format(mean, 3)} ± ${format(std, 3)}` : format(mean, 3));
 
   function barChart() {
@@ -19,14 +21,15 @@
     const bar = (band * 0.8) / rows.length;
     const y = (value) => height - margin.bottom - value * (height - margin.top - margin.bottom);
     const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, id: "bars" });
-    const firstTail = classes.findIndex((c) => tail.has(c));
-    if (firstTail >= 0) {
-      svg.append(svgEl("rect", { x: margin.left + firstTail * band, y: margin.top,
-        width: (classes.length - firstTail) * band, height: height - margin.top - margin.bottom,
-        fill: "#f1f3f5" }));
-      svg.append(svgEl("text", { x: margin.left + firstTail * band + 4, y: margin.top + 10 },
-        "tail"));
-    }
+    // A shaded band behind each group's classes (they are contiguous: head to tail).
+    GROUPS.forEach((g, i) => {
+      const first = classes.findIndex((c) => groupOf.get(c) === g);
+      const x = margin.left + first * band;
+      svg.append(svgEl("rect", { x, y: margin.top, width: groupClasses[g].length * band,
+        height: height - margin.top - margin.bottom, fill: i % 2 ? "#ffffff" : "#f1f3f5",
+        "data-shot-group": g }));
+      svg.append(svgEl("text", { x: x + 4, y: margin.top + 10 }, data.group_names[g]));
+    });
     for (const value of [0, 0.25, 0.5, 0.75, 1]) {
       svg.append(svgEl("line", { x1: margin.left, x2: width - margin.right, y1: y(value),
         y2: y(value), stroke: "#e4e7eb" }));
@@ -66,14 +69,18 @@
   const columns = [{ key: "group", label: data.group_by, format: (v) => v },
     { key: "runs", label: "runs" },
     { key: "f1_macro", label: "macro F1", format: (v, row) => meanStd(row.f1_macro_pair) },
-    { key: "tail_f1", label: `tail-${tail.size} F1`, format: (v, row) => meanStd(row.tail_f1_pair) },
+    ...GROUPS.map((g) => ({ key: `f1_${g}`, label: `${data.group_names[g]} F1`,
+      title: `mean F1 of the ${groupClasses[g].length} ${data.group_names[g]} classes ` +
+        `(${groupClasses[g].join(", ")}) per run, then mean ± std over the runs`,
+      format: (v, row) => meanStd(row.group_f1[g]) })),
     ...data.scores.map((name) => ({ key: name, label: data.score_names[name],
       format: (v, row) => meanStd(row.score_pairs[name]) })),
     ...classes.map((name) => ({ key: `f1/${name}`, label: `F1 ${name}`,
       format: (v, row) => meanStd(row.f1[name]) }))];
   const tableRows = rows.map((row) => {
-    const flat = { ...row, f1_macro_pair: row.f1_macro, tail_f1_pair: row.tail_f1,
-      score_pairs: row.scores, f1_macro: row.f1_macro[0], tail_f1: row.tail_f1[0] };
+    const flat = { ...row, f1_macro_pair: row.f1_macro, score_pairs: row.scores,
+      f1_macro: row.f1_macro[0] };
+    for (const g of GROUPS) flat[`f1_${g}`] = row.group_f1[g][0];
     for (const name of data.scores) flat[name] = row.scores[name][0];
     for (const name of classes) flat[`f1/${name}`] = row.f1[name][0];
     return flat;
@@ -87,6 +94,8 @@
     el("div", { class: "subtitle" }, `${rows.length} ${data.group_by} values · ` +
       `${classes.length} classes, head → tail` +
       (data.train_counts ? " by training samples" : "") +
+      (GROUPS.length ? ` (${GROUPS.map((g) => `${groupClasses[g].length} ` +
+        data.group_names[g]).join(", ")})` : "") +
       ` · ${data.prefix ? data.prefix.replace(/_$/, "") : "training"} split`),
     el("section", { class: "panel wide" }, [el("h2", {}, "F1 per class"), barChart(),
       legend(rows.map((row, g) => ({ name: row.group, color: color(g) })))]),

@@ -12,21 +12,24 @@
   const multilabel = data.task === "multilabel";
   const TABLE_MATRIX_MAX = 30; // beyond this the matrix is a canvas without per-cell text
   const CURVES_MAX = 20; // curves drawn at once
-  const TAIL_SHARE = 0.3;
   const METRICS = [["f1", "F1"], ["precision", "precision"], ["recall", "recall"],
     ["ap", "AP"], ["roc_auc", "ROC AUC"]].filter(([key]) => key in epochs[epochs.length - 1].scores);
   const AVERAGES = [["f1_macro", "macro F1"], ["f1_micro", "micro F1"],
     ["f1_weighted", "weighted F1"], ["map", "mAP"], ["roc_auc_macro", "macro ROC AUC"],
     ["balanced_accuracy", "balanced accuracy"], ["mcc", "MCC"], ["cohen_kappa", "kappa"],
-    ["ece", "ECE"]];
+    ["ece", "ECE"], ["gmean", "G-mean"], ["f1_worst", "worst-class F1"],
+    ["recall_worst", "worst-class recall"], ["f1_worst_10pct", "worst-10% F1"],
+    ["classes_recall_0", "classes at recall 0"], ["f1_many", "many-shot F1"],
+    ["f1_medium", "medium-shot F1"], ["f1_few", "few-shot F1"], ["recall_many", "many-shot recall"],
+    ["recall_medium", "medium-shot recall"], ["recall_few", "few-shot recall"]];
 
-  // Tail classes: the TAIL_SHARE of scored classes with the fewest training samples.
-  const trainSupport = (epochs.slice().reverse().find((r) => r.train_support) || {}).train_support;
-  const tail = new Set();
-  if (trainSupport) {
-    const order = labels.slice().sort((a, b) => trainSupport[a] - trainSupport[b]);
-    order.slice(0, Math.max(1, Math.round(TAIL_SHARE * labels.length))).forEach((c) => tail.add(c));
-  }
+  // Long-tail groups: many-, medium- and few-shot classes by training samples, when known.
+  const groups = data.groups;
+  const GROUP_NAMES = { many: "many-shot", medium: "medium-shot", few: "few-shot" };
+  const GROUP_COLOURS = { many: "#1f77b4", medium: "#2ca02c", few: "#c2410c" };
+  const GROUPS = groups ? Object.keys(GROUP_NAMES).filter((g) => groups.sizes[g] > 0) : [];
+  const groupOf = (label) => (groups ? groups.of_class[label] : "");
+  const few = (label) => groupOf(label) === "few";
   const position = new Map(labels.map((label, i) => [label, i]));
 
   // -- controls ---------------------------------------------------------------------------
@@ -42,7 +45,7 @@
     el("option", { value: "all" }, "all classes"),
     el("option", { value: "best" }, "10 best"),
     el("option", { value: "worst" }, "10 worst"),
-    el("option", { value: "tail" }, "tail classes"),
+    ...GROUPS.map((g) => el("option", { value: g }, `${GROUP_NAMES[g]} (${groups.sizes[g]})`)),
   ]);
   const matrixMode = el("select", { id: "matrix-mode" }, [
     el("option", { value: "counts" }, "counts"),
@@ -60,12 +63,14 @@
   const curvesBox = el("div", { id: "curves-box" });
   const pairsBox = el("div", { id: "pairs-box" });
   const epochsBox = el("div", { id: "over-epochs" });
+  const groupsBox = el("div", { id: "groups-over-epochs" });
   const tableBox = el("div", { id: "classes-box" });
   app.append(
     el("h1", {}, data.title),
     el("div", { class: "subtitle" }, `${data.split === "val" ? "validation" : "training"} split · ` +
       `${data.task} · ${numClasses} classes · ${epochs.length} epochs logged` +
-      (data.ignore_class !== null ? ` · class ${names[data.ignore_class]} left out` : "")),
+      (data.ignore_class !== null ? ` · class ${names[data.ignore_class]} left out` : "") +
+      groupingNote()),
     el("div", { class: "controls" }, [
       el("label", {}, ["epoch", slider, epochLabel]), play,
       el("label", {}, ["score", metricSelect]),
@@ -80,9 +85,20 @@
         el("label", { class: "note" }, ["curve ", curveSelect]), curvesBox]),
       el("section", { class: "panel" }, [el("h2", {}, "Most confused pairs"), pairsBox]),
       el("section", { class: "panel" }, [el("h2", { id: "over-epochs-title" }), epochsBox]),
+      GROUPS.length ? el("section", { class: "panel" }, [el("h2", { id: "groups-title" }),
+        groupsBox]) : null,
       el("section", { class: "panel wide" }, [el("h2", {}, "Per class"), tableBox]),
     ]),
   );
+
+  function groupingNote() {
+    if (!groups) return "";
+    const [low, high] = groups.thresholds;
+    const sizes = GROUPS.map((g) => `${groups.sizes[g]} ${GROUP_NAMES[g]}`).join(", ");
+    return ` · ${sizes} classes (` + (groups.rule === "thresholds" ?
+      `training samples: many > ${high}, medium ${low}–${high}, few < ${low})` :
+      "thirds of the classes by training samples)");
+  }
 
   // -- state helpers ----------------------------------------------------------------------
   const record = () => epochs[Number(slider.value)];
@@ -97,7 +113,7 @@
   function visibleLabels() {
     const needle = search.value.trim().toLowerCase();
     let shown = labels.filter((label) => names[label].toLowerCase().includes(needle));
-    if (focus.value === "tail") shown = shown.filter((label) => tail.has(label));
+    if (focus.value in GROUP_NAMES) shown = shown.filter((label) => groupOf(label) === focus.value);
     if (focus.value === "best" || focus.value === "worst") {
       const rec = record();
       const sign = focus.value === "best" ? -1 : 1;
@@ -132,7 +148,14 @@
     return [channel(255, 8), channel(255, 69), channel(255, 148)];
   }
 
+  const NO_MATRIX = "Not kept at this many classes: the run counts per-class true positives, " +
+    "predictions and samples only (every score in the table is exact).";
+
   function renderMatrix(rec) {
+    if (!rec.matrix) {
+      matrixBox.replaceChildren(el("p", { class: "note" }, NO_MATRIX));
+      return;
+    }
     const rows = matrixOf(rec);
     const shown = visibleLabels();
     const normalised = matrixMode.value === "normalised";
@@ -204,6 +227,10 @@
       pairsBox.replaceChildren(el("p", { class: "note" }, "Not defined for multilabel outputs."));
       return;
     }
+    if (!rec.matrix) {
+      pairsBox.replaceChildren(el("p", { class: "note" }, NO_MATRIX));
+      return;
+    }
     const scored = new Set(labels);
     const totals = new Float64Array(numClasses);
     const pairs = [];
@@ -254,7 +281,7 @@
       } : { xs: curves[position.get(label)][0], ys: curves[position.get(label)][1] };
       const key = kind === "roc" ? "roc_auc" : "ap";
       return { ...points, name: names[label], color: color(i),
-        className: tail.has(label) ? "tail" : "",
+        className: few(label) ? "tail" : "",
         title: `${names[label]}: ${kind === "reliability" ? "reliability" :
           `${key === "ap" ? "AP" : "ROC AUC"} ${format(score(rec, key, label))}`}` };
     });
@@ -264,42 +291,79 @@
       yLabel: axes[1], diagonal: kind !== "pr" });
     const note = el("p", { class: "note", id: "curves-epoch" }, `epoch ${rec.epoch}` +
       (shown.length < visibleLabels().length ? `; the ${CURVES_MAX / 2} best and worst by ` +
-        `${metric()} of ${visibleLabels().length}` : "") + "; dashed: tail classes");
+        `${metric()} of ${visibleLabels().length}` : "") + (groups ? "; dashed: few-shot classes" : ""));
     curvesBox.replaceChildren(chart, note,
       legend(series.map((s) => ({ name: s.name, color: s.color }))));
+  }
+
+  function epochAxis() {
+    const xs = epochs.map((rec) => rec.epoch);
+    const first = xs[0];
+    const last = Math.max(xs[xs.length - 1], first + 1);
+    const step = Math.max(1, Math.ceil((last - first) / 10));
+    const xTicks = [];
+    for (let tick = first; tick <= last; tick += step) xTicks.push(tick);
+    return { xs, xDomain: [first, last], xTicks };
   }
 
   function renderOverEpochs() {
     const key = metric();
     const label = METRICS.find(([k]) => k === key)[1];
     document.getElementById("over-epochs-title").textContent = `${label} by class over epochs`;
-    const xs = epochs.map((rec) => rec.epoch);
+    const { xs, xDomain, xTicks } = epochAxis();
     const shown = visibleLabels();
     const series = shown.map((c, i) => ({
       xs, ys: epochs.map((rec) => score(rec, key, c)), name: names[c],
-      color: tail.has(c) ? "#c2410c" : color(i),
-      className: tail.has(c) ? "tail" : (shown.length > 30 ? "dim" : ""),
-      title: `${names[c]}${tail.has(c) ? " (tail)" : ""}: ${label} ` +
+      color: groups ? GROUP_COLOURS[groupOf(c)] || "#9aa5b1" : color(i),
+      className: few(c) ? "tail" : (shown.length > 30 ? "dim" : ""),
+      title: `${names[c]}${groups ? ` (${GROUP_NAMES[groupOf(c)]})` : ""}: ${label} ` +
         `${format(score(record(), key, c))} at epoch ${record().epoch}`,
     }));
-    const first = xs[0];
-    const last = Math.max(xs[xs.length - 1], first + 1);
-    const step = Math.max(1, Math.ceil((last - first) / 10));
-    const xTicks = [];
-    for (let tick = first; tick <= last; tick += step) xTicks.push(tick);
-    const chart = lineChart({ series, xDomain: [first, last], xTicks, xLabel: "epoch",
-      yLabel: label, width: 760, marker: record().epoch });
+    const chart = lineChart({ series, xDomain, xTicks, xLabel: "epoch", yLabel: label,
+      width: 760, marker: record().epoch });
     epochsBox.replaceChildren(chart, el("p", { class: "note" },
       `${shown.length} classes; hover a line for its name` +
-      (tail.size ? `; dashed orange: tail classes (the ${tail.size} with the fewest training ` +
-        "samples)" : "")));
+      (groups ? "; coloured by group, few-shot dashed" : "")),
+    groups ? legend(GROUPS.map((g) => ({ name: GROUP_NAMES[g], color: GROUP_COLOURS[g] }))) : "");
+  }
+
+  /** The mean of ``key`` over a group's scored classes with samples in the split: for F1 and
+   * recall the run's logged f1_many … recall_few. */
+  function groupMean(rec, key, group) {
+    const values = labels.filter((c) => groupOf(c) === group && score(rec, "support", c) > 0)
+      .map((c) => score(rec, key, c)).filter((value) => value !== null);
+    return values.length ? values.reduce((a, b) => a + b, 0) / values.length : null;
+  }
+
+  function renderGroups() {
+    if (!GROUPS.length) return;
+    const key = metric();
+    const label = METRICS.find(([k]) => k === key)[1];
+    document.getElementById("groups-title").textContent = `${label} by group over epochs`;
+    const { xs, xDomain, xTicks } = epochAxis();
+    const series = GROUPS.map((g) => {
+      const ys = epochs.map((rec) => groupMean(rec, key, g));
+      return { xs, ys, name: GROUP_NAMES[g], color: GROUP_COLOURS[g],
+        className: g === "few" ? "tail" : "",
+        title: `${GROUP_NAMES[g]} (${groups.sizes[g]} classes): ${label} ` +
+          `${format(ys[Number(slider.value)])} at epoch ${record().epoch}` };
+    });
+    const chart = lineChart({ series, xDomain, xTicks, xLabel: "epoch", yLabel: label,
+      width: 560, marker: record().epoch });
+    groupsBox.replaceChildren(chart, legend(series.map((s) => ({ name: s.name, color: s.color }))),
+      el("p", { class: "note" }, `mean ${label} of each group's classes with samples in the ` +
+        "split (their macro average, as the logged f1_many … recall_few)"));
   }
 
   function renderTable(rec) {
     const shown = visibleLabels();
     const columns = [{ key: "name", label: "class", format: (v) => v }];
-    if (trainSupport) columns.push({ key: "train_support", label: "training samples" });
-    columns.push({ key: "support", label: "support" });
+    if (groups) {
+      columns.push({ key: "group", label: "group", format: (v) => GROUP_NAMES[v] || "" },
+        { key: "training", label: "training samples" });
+    }
+    columns.push({ key: "support", label: "support",
+      format: (v) => (v === 0 ? "0 (no samples)" : format(v)) });
     for (const [key, label] of METRICS) columns.push({ key, label });
     const thresholds = rec.thresholds;
     if (thresholds) {
@@ -308,7 +372,10 @@
     }
     const rows = shown.map((c) => {
       const row = { name: names[c], index: c, support: score(rec, "support", c) };
-      if (trainSupport) row.train_support = trainSupport[c];
+      if (groups) {
+        row.group = groupOf(c);
+        row.training = groups.counts[c];
+      }
       for (const [key] of METRICS) row[key] = score(rec, key, c);
       if (thresholds && thresholds.labels.includes(c)) {
         const i = thresholds.labels.indexOf(c);
@@ -318,7 +385,7 @@
       return row;
     });
     tableBox.replaceChildren(sortableTable(columns, rows, { id: "classes", sortKey: "name",
-      descending: false, rowClass: (row) => (tail.has(row.index) ? "tail" : "") }));
+      descending: false, rowClass: (row) => (groups ? `group-${row.group}` : "") }));
   }
 
   function render() {
@@ -329,6 +396,7 @@
     renderCurves();
     renderPairs(rec);
     renderOverEpochs();
+    renderGroups();
     renderTable(rec);
   }
 
