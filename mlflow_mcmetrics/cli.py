@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: `mcmetrics --help` stays fast
+    import numpy as np
 
 __all__ = [
     "build_cnn",
@@ -67,9 +71,30 @@ def _log_missing_params(params: dict) -> None:
     mlflow.log_params({key: value for key, value in params.items() if key not in logged})
 
 
-def _test_scores(model, x_test, y_test, class_names, prefix="test_") -> dict[str, float]:
+def _train_class_counts(data) -> np.ndarray:
+    """The MLproject's training samples per class, the one source of the loss priors,
+    ``train_class_counts.json``, the long-tail groups (``autolog(class_counts=)``, the test
+    split's group scores) and the comparison's group columns: the data's counts, which the
+    training stream keeps (no resampling)."""
+    import numpy as np
+
+    return np.bincount(data.y_train, minlength=data.num_classes)
+
+
+def _groups_by_key(train_counts: dict[str, int] | None) -> dict[str, str] | None:
+    """The long-tail group (many-, medium-, few-shot) of each class key, from its training
+    count (:func:`mlflow_mcmetrics.functional.shot_groups`)."""
+    if not train_counts:
+        return None
+    from mlflow_mcmetrics import functional
+
+    grouped = functional.shot_groups(list(train_counts.values()))
+    return dict(zip(train_counts, grouped.groups.tolist(), strict=True))
+
+
+def _test_scores(model, x_test, y_test, class_names, groups, prefix="test_") -> dict[str, float]:
     """Score the test split (the CNN outputs logits: softmax first) and log its ``test_*``
-    values."""
+    values, with the long-tail group scores of ``groups`` (one group name per class)."""
     import mlflow
     from scipy.special import softmax
 
@@ -83,7 +108,10 @@ def _test_scores(model, x_test, y_test, class_names, prefix="test_") -> dict[str
     )
     labels = list(range(len(class_names)))
     values = metric_values(
-        functional.classification_scores(state), labels, class_key_components(class_names), prefix
+        functional.classification_scores(state, groups=groups),
+        labels,
+        class_key_components(class_names),
+        prefix,
     )
     mlflow.log_metrics(values)
     return values
@@ -109,16 +137,18 @@ def train(
     _check_choices([loss], dataset)  # fail before TensorFlow is imported
     import keras
     import mlflow
-    import numpy as np
 
     import mlflow_mcmetrics
-    from mlflow_mcmetrics import losses
+    from mlflow_mcmetrics import functional, losses
 
     data = datasets.load(dataset, imbalance_ratio=imbalance_ratio, seed=seed)
-    counts = np.bincount(data.y_train, minlength=data.num_classes)
+    counts = _train_class_counts(data)
+    groups = functional.shot_groups(counts)
     print(
-        f"{dataset}: train class counts {counts.tolist()} (ratio {imbalance_ratio:g}), "
-        f"val {len(data.y_val)}, test {len(data.y_test)}; loss {loss}",
+        f"{dataset}: train class counts {counts.tolist()} (ratio {imbalance_ratio:g}; "
+        + ", ".join(f"{size} {name}-shot" for name, size in groups.sizes.items())
+        + f" classes by {groups.rule}), val {len(data.y_val)}, test {len(data.y_test)}; "
+        f"loss {loss}",
         flush=True,
     )
 
@@ -130,7 +160,9 @@ def train(
         loss_object = losses.get(loss, counts)
     # Nothing here reads the figures after fit(): they are drawn while the test split is
     # scored and the next fit starts (the process waits for them before it exits).
-    mlflow_mcmetrics.autolog(class_names=data.class_names, wait_for_figures=False)
+    mlflow_mcmetrics.autolog(
+        class_names=data.class_names, class_counts=counts, wait_for_figures=False
+    )
     model = build_cnn(data.x_train.shape[1:], data.num_classes, seed)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate), loss=loss_object, metrics=["accuracy"]
@@ -160,7 +192,7 @@ def train(
             verbose=verbose,
             callbacks=callbacks,
         )
-        test = _test_scores(model, data.x_test, data.y_test, data.class_names)
+        test = _test_scores(model, data.x_test, data.y_test, data.class_names, groups.groups)
         print(f"{loss}: test macro F1 {test['test_f1_macro']:.3f}", flush=True)
         return run.info.run_id, test
 
@@ -204,16 +236,13 @@ def compare_losses(
 
     _check_choices(losses_to_compare, dataset)
     import mlflow
-    import numpy as np
 
     from mlflow_mcmetrics import report
     from mlflow_mcmetrics.naming import class_key_components
 
     data = datasets.load(dataset, imbalance_ratio=imbalance_ratio, seed=0)
     class_keys = class_key_components(data.class_names)
-    train_counts = dict(
-        zip(class_keys, np.bincount(data.y_train, minlength=len(class_keys)).tolist(), strict=True)
-    )
+    train_counts = dict(zip(class_keys, _train_class_counts(data).tolist(), strict=True))
     class_keys = _head_to_tail(class_keys, train_counts)
     results = []
     run_ids: dict[str, list[str]] = {}
@@ -241,7 +270,9 @@ def compare_losses(
                 )
                 results.append((name, test))
                 run_ids.setdefault(name, []).append(run_id)
-        table = report.comparison_table(results, class_keys, "test_")
+        table = report.comparison_table(
+            results, class_keys, "test_", groups=_groups_by_key(train_counts)
+        )
         _log_comparison(
             table,
             f"{dataset}, imbalance ratio {imbalance_ratio:g}: test F1 per class, {seeds} seed(s)",
@@ -292,7 +323,9 @@ def compare_experiment(experiment: str, output: str = "comparison", group_by: st
     run_ids: dict[str, list[str]] = {}
     for (group, _), run in zip(results, runs, strict=True):
         run_ids.setdefault(group, []).append(run.info.run_id)
-    table = report.comparison_table(results, class_keys, prefix)
+    table = report.comparison_table(
+        results, class_keys, prefix, groups=_groups_by_key(train_counts)
+    )
     title = f"{experiment}: {prefix}F1 per class"
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
