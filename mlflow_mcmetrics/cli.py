@@ -92,9 +92,11 @@ def _groups_by_key(train_counts: dict[str, int] | None) -> dict[str, str] | None
     return dict(zip(train_counts, grouped.groups.tolist(), strict=True))
 
 
-def _test_scores(model, x_test, y_test, class_names, groups, prefix="test_") -> dict[str, float]:
+def _test_scores(
+    model, x_test, y_test, class_names, groups=None, prefix="test_"
+) -> dict[str, float]:
     """Score the test split (the CNN outputs logits: softmax first) and log its ``test_*``
-    values, with the long-tail group scores of ``groups`` (one group name per class)."""
+    values, with the long-tail group scores when ``groups`` names each class's group."""
     import mlflow
     from scipy.special import softmax
 
