@@ -130,8 +130,9 @@ class _OutputLog:
     metric: ClassificationMetrics
     class_names: list[str]
     class_keys: list[str]
-    train_state: functional.ClassificationState | None = None
+    states: dict[str, functional.ClassificationState] = dataclasses.field(default_factory=dict)
     last_epoch: _EpochResult | None = None
+    best_epoch: _EpochResult | None = None  # the epoch an EarlyStopping may restore
     f1_by_epoch: dict[str, list[np.ndarray]] = dataclasses.field(
         default_factory=lambda: defaultdict(list)
     )
@@ -191,6 +192,13 @@ class MCMetricsCallback(keras.callbacks.Callback):
         skip_keras_logs: leave out keys that are in Keras' epoch ``logs`` (such as
             ``val_f1_macro``) because another callback, like MLflow's own autologging
             callback, logs those already.
+        early_stopping: an ``EarlyStopping(restore_best_weights=True)`` of the same fit: the
+            final artifacts and the values linked to MLflow's logged model then describe the
+            epoch whose weights it restores (whose values are also logged once more at the
+            step after the last epoch, as MLflow's autologging logs its own).
+        strict_class_names: class names that do not fit an output raise when training
+            starts; ``False`` (``autolog()``): they go to the outputs they fit, the others get
+            default names, with one warning.
         run_id: the run to log to; by default the active run, or a new one that this
             callback ends when training ends.
         silent: no warnings from this callback.
@@ -211,6 +219,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
         log_every_n_epochs: int | str = "auto",
         wait_for_figures: bool = True,
         skip_keras_logs: bool = False,
+        early_stopping: keras.callbacks.EarlyStopping | None = None,
+        strict_class_names: bool = True,
         run_id: str | None = None,
         silent: bool = False,
     ):
@@ -224,6 +234,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self.log_every_n_epochs = log_every_n_epochs
         self.wait_for_figures = wait_for_figures
         self.skip_keras_logs = skip_keras_logs
+        self.early_stopping = early_stopping
+        self.strict_class_names = strict_class_names
         self.run_id = run_id
         self.silent = silent
         self.history: dict[str, list[float]] = defaultdict(list)
@@ -232,7 +244,6 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._fit_run: FitRun | None = None
         self._model_id: str | None = None
         self._run_tags: dict | None = None
-        self._validated = False
         self._renderer: concurrent.futures.ThreadPoolExecutor | None = None
         self._render_process: RenderProcess | None = None
         self._rendering: concurrent.futures.Future | None = None
@@ -240,6 +251,9 @@ class MCMetricsCallback(keras.callbacks.Callback):
         self._train_start = 0.0  # time.monotonic() of on_train_begin
         self._epochs_done = 0  # epochs logged since then
         self._last_artifacts = 0.0  # time.monotonic() of training start or the last artifacts
+        self._best_values: dict[str, float] | None = None  # of the epoch EarlyStopping keeps
+        self._reported_unfed: set[str] = set()
+        self._may_log = False
 
     # -- which metrics, which run --------------------------------------------------------------
     def _metrics_by_output(self) -> dict[str | None, ClassificationMetrics] | None:
@@ -253,25 +267,34 @@ class MCMetricsCallback(keras.callbacks.Callback):
             )
         return {None: metric}
 
-    def _names_for(self, output: str | None, num_classes: int) -> list[str]:
-        names = self.class_names
-        if isinstance(names, Mapping):
-            names = names.get(output)
-        names = (
-            [str(index) for index in range(num_classes)]
-            if names is None
-            else [str(n) for n in names]
-        )
-        if len(names) != num_classes:
-            where = f"output {output!r}" if output else "a model"
+    def _class_names(self, metrics: Mapping[str | None, ClassificationMetrics]) -> dict:
+        """Each output's class names: :attr:`class_names` where they fit its width, else
+        ``"0"`` .. ``"C-1"``. Names that fit no output raise (``strict_class_names``) or warn."""
+        given = self.class_names
+        names, unfit = {}, []
+        for output, metric in metrics.items():
+            candidate = given.get(output) if isinstance(given, Mapping) else given
+            if candidate is not None and len(candidate) != metric.num_classes:
+                where = f"output {output!r}" if output else "a model"
+                unfit.append(f"{len(candidate)} class names for {where} with {metric.num_classes}")
+                candidate = None
+            names[output] = [str(name) for name in (candidate or range(metric.num_classes))]
+        if unfit and self.strict_class_names:
             raise ValueError(
-                f"Got {len(names)} class names for {where} with {num_classes} classes: pass one "
-                f"name per class (binary models have 2 classes: negative, positive)."
+                f"Got {'; '.join(unfit)} classes: pass one name per class (binary models have "
+                "2 classes: negative, positive)."
+            )
+        if unfit:
+            warn(
+                f"mlflow_mcmetrics got {'; '.join(unfit)} classes, and logs default names "
+                "('0', '1', ...) there: pass one name per class, or a dict {output name: "
+                "names} for a multi-output model. Training goes on.",
+                silent=self.silent,
             )
         return names
 
     def _resolve_outputs(self) -> bool:
-        """Find the metrics and check the class names (raises on a mismatch); False while the
+        """Find the metrics and name their classes (see :meth:`_class_names`); False while the
         metrics do not exist yet (an unbuilt model builds them in its first step)."""
         if self._outputs:
             return True
@@ -279,29 +302,46 @@ class MCMetricsCallback(keras.callbacks.Callback):
             metrics = self._metrics_by_output()
             if not metrics:
                 return False
-            outputs = []
-            for output, metric in metrics.items():
-                names = self._names_for(output, metric.num_classes)
-                outputs.append(_OutputLog(output, metric, names, class_key_components(names)))
+            names = self._class_names(metrics)
         except ValueError:
             self._abandon()
             raise
-        self._outputs = outputs
+        self._outputs = [
+            _OutputLog(output, metric, names[output], class_key_components(names[output]))
+            for output, metric in metrics.items()
+        ]
         self.class_keys = self._outputs[0].class_keys
         if self._fit_run is not None:
             self._log_run_description()
+        elif self._may_log:
+            self._start_run()
         return True
 
     def _abandon(self) -> None:
         """Called when an argument error stops training (see :meth:`_resolve_outputs`)."""
+
+    def _outputs_expected(self) -> bool:
+        """Whether the fit has metrics to log before they exist (so its run starts with it)."""
+        return True
+
+    def _begin_split(self, split: str) -> None:
+        """Called as the steps of ``split`` begin (``autolog()`` resets its metrics there)."""
+
+    def _fed(self, split: str) -> bool:
+        """Whether the steps of ``split`` fed the metrics (unknown here: assumed)."""
+        return True
 
     def on_train_begin(self, logs=None):
         self.history.clear()  # like keras.callbacks.History: one fit() at a time
         self._train_start = self._last_artifacts = time.monotonic()
         self._epochs_done = 0
         self._outputs = []
-        self._resolve_outputs()
-        if self.log_to_mlflow and is_chief():
+        self._reported_unfed = set()
+        self._best_values: dict[str, float] | None = None
+        self._may_log = self.log_to_mlflow and is_chief()
+        # A subclassed model's outputs are decided at its first step: its run starts then,
+        # so that a model that turns out not to classify gets none.
+        if not self._resolve_outputs() and self._may_log and self._outputs_expected():
             self._start_run()
 
     @guarded("start logging")
@@ -350,17 +390,40 @@ class MCMetricsCallback(keras.callbacks.Callback):
     # -- per epoch ---------------------------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
         for output in self._outputs:
-            output.train_state = None
-        self._validated = False
+            output.states.clear()
+        self._begin_split("train")
 
     def on_test_begin(self, logs=None):
         # fit() runs validation through evaluate(), which resets the metrics right after this
         # hook: the training state of the epoch must be read now.
-        if self._resolve_outputs() and self.log_train:
-            for output in self._outputs:
-                if output.train_state is None:
-                    output.train_state = self._read_state(output, "train")
-        self._validated = True
+        if self.log_train:
+            self._read_split("train")
+        self._begin_split("val")
+
+    def on_test_end(self, logs=None):
+        # Read now: another callback's on_epoch_end may evaluate() other data with the model.
+        self._read_split("val")
+
+    def _read_split(self, split: str) -> None:
+        """Copy each output's state of ``split`` to the host, once per epoch, if it was fed."""
+        if not self._resolve_outputs():
+            return
+        if not self._fed(split):
+            if split not in self._reported_unfed:
+                self._reported_unfed.add(split)
+                step = "train_step" if split == "train" else "test_step"
+                warn(
+                    f"mlflow_mcmetrics logs no {split} metrics: the model's {step} does not "
+                    "call self.compute_metrics(x, y, y_pred, sample_weight), which is where "
+                    f"the metric sees the predictions (Keras' own {step} does). Call it in "
+                    f"your {step}, or update a ClassificationMetrics there yourself and log it "
+                    "with MCMetricsCallback(metric=...).",
+                    silent=self.silent,
+                )
+            return
+        for output in self._outputs:
+            if split not in output.states:
+                output.states[split] = self._read_state(output, split)
 
     def on_epoch_end(self, epoch, logs=None):
         if not self._resolve_outputs():
@@ -385,10 +448,16 @@ class MCMetricsCallback(keras.callbacks.Callback):
                 output.f1_by_epoch[split].append(scores["f1"])
         for key, value in values.items():
             self.history[key].append(value)
-        if self._fit_run is None or not results:
-            return
         if self.skip_keras_logs:
             values = {key: value for key, value in values.items() if key not in logs}
+        stopping = self.early_stopping
+        if stopping is not None and getattr(stopping, "best_epoch", None) == epoch:
+            # This callback comes after the EarlyStopping: it has just taken this epoch as best.
+            self._best_values = values
+            for output, result in results:
+                output.best_epoch = result
+        if self._fit_run is None or not results:
+            return
         outbox = self._fit_run.outbox
         outbox.flush()  # retry what an outage left queued, once per epoch
         timestamp = int(time.time() * 1000)
@@ -404,7 +473,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
             # duplicates run rows, which MLflow 3.0's log_batch rejects beyond 100 keys. The
             # last epoch is known here: Keras' `epochs`, or `stop_training` set by the
             # callbacks before this one (EarlyStopping & co.; this callback comes last).
-            if epoch + 1 == self._planned_epochs or self.model.stop_training:
+            if self._is_last(epoch) and self._restored_epoch(epoch) is None:
                 record["model_id"] = self._model_id
             if epoch == 0:
                 # MLflow's model logging copies every step-0 metric of the run onto its model
@@ -412,6 +481,16 @@ class MCMetricsCallback(keras.callbacks.Callback):
                 # 3.17's SqlAlchemyStore._log_model_metrics): epoch 0 arrives after it.
                 record["after_model"] = self._model_id
         outbox.put(record)
+        if self._is_last(epoch) and self._restored_epoch(epoch) is not None:
+            # The model ends with the restored epoch's weights: its values once more, after the
+            # last epoch, linked to MLflow's logged model (as MLflow logs its own).
+            restored = {
+                "kind": "metrics",
+                "metrics": [[k, v, timestamp, epoch + 1] for k, v in self._best_values.items()],
+            }
+            if self._model_id is not None:
+                restored["model_id"] = self._model_id
+            outbox.put(restored)
         self._epochs_done += 1
         if self._ends_soon(epoch):
             self._render_process.start(processes=2)
@@ -446,6 +525,28 @@ class MCMetricsCallback(keras.callbacks.Callback):
             )
         )
 
+    def _is_last(self, epoch: int) -> bool:
+        """Whether ``epoch`` is the fit's last: Keras' ``epochs``, or ``stop_training`` set by
+        the callbacks before this one (EarlyStopping & co.; under ``autolog()`` this one comes
+        last)."""
+        return epoch + 1 == self._planned_epochs or bool(self.model.stop_training)
+
+    def _restored_epoch(self, last_epoch: int) -> int | None:
+        """The epoch whose weights :attr:`early_stopping` restores when training ends, if it
+        is not ``last_epoch`` and its values were kept."""
+        stopping = self.early_stopping
+        if stopping is None or stopping.best_weights is None or self._best_values is None:
+            return None
+        restored = getattr(stopping, "best_epoch", None)
+        return None if restored in (None, last_epoch) else restored
+
+    def _final_result(self, output: _OutputLog) -> _EpochResult | None:
+        """The epoch the final artifacts describe: the restored one, else the last."""
+        last = output.last_epoch
+        if last is not None and self._restored_epoch(last.epoch) is not None:
+            return output.best_epoch
+        return last
+
     @property
     def _planned_epochs(self) -> int | None:
         """The ``epochs`` of the running ``fit()`` (None in a loop that does not say)."""
@@ -466,13 +567,9 @@ class MCMetricsCallback(keras.callbacks.Callback):
         return time.monotonic() - self._last_artifacts >= AUTO_ARTIFACT_INTERVAL_S
 
     def _epoch_result(self, output: _OutputLog, epoch: int) -> _EpochResult | None:
-        splits: dict[str, functional.ClassificationState] = {}
         if self.log_train:
-            splits["train"] = (
-                output.train_state if self._validated else self._read_state(output, "train")
-            )
-        if self._validated:
-            splits["val"] = self._read_state(output, "val")
+            self._read_split("train")  # an epoch without validation
+        splits = dict(output.states)
         for split in [split for split, state in splits.items() if state.num_samples == 0]:
             # An empty split (e.g. validation_data with no rows) would log zero_division values
             # as if they were scores: log nothing for it instead.
@@ -606,7 +703,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         """The last finished epoch: its per-epoch artifacts if not logged yet, the reports,
         and the figures, drawn on ``drawing`` (in the render processes) meanwhile: the outbox
         keeps their place (see :class:`~.outbox.Outbox`)."""
-        result = output.last_epoch
+        result = self._final_result(output)
         if not result.json_logged:
             self._log_epoch_json(output, result)
         outbox = self._fit_run.outbox
@@ -709,11 +806,12 @@ class MCMetricsCallback(keras.callbacks.Callback):
     def _log_dashboard(self, output: _OutputLog, result: _EpochResult) -> None:
         """``dashboard.html`` of the epochs recorded, the last one with its curves."""
         records = output.dashboard_epochs
-        if not records or records[-1]["epoch"] != result.epoch:
+        final = next((r for r in records if r["epoch"] == result.epoch), None)
+        if final is None:
             return
         split = result.report_split
-        if "curves" not in records[-1]:
-            pages.add_curves(records[-1], result.states[split], output.metric.scored_labels)
+        if "curves" not in final:
+            pages.add_curves(final, result.states[split], output.metric.scored_labels)
         metric = output.metric
         data = pages.dashboard_data(
             "Per-class scores" + (f" — output {output.name}" if output.name else ""),

@@ -11,20 +11,29 @@ and what ``evaluate()`` returns stay exactly as the user made them. For the dura
   feeds the predictions Keras already computed to the metric (no extra forward pass);
 * and undoes both when training ends, forcing Keras to rebuild its step functions.
 
-The metric is created as soon as the output shape is known: at the start of ``fit()`` for a
-built model, else (TensorFlow builds an unbuilt model inside its first traced step) at the first
-step, where Keras creates the model's own weights too.
+The metric counts samples, as Keras' ``metrics=`` do: ``class_weight`` and ``sample_weight``
+shape the loss, not the logged counts (``weighted_metrics=True`` counts them, as Keras'
+``weighted_metrics=``).
 
 Detection rules (per output; an explicit ``task`` wins for a single-output model):
 
-1. a loss whose name or class name says classification (``*crossentropy*``, ``*hinge*``,
-   ``*focal*``, ``ldam``) makes the output a classification output;
-2. a regression loss (``mse``, ``mae``, ``huber``, ``log_cosh``, ``poisson``, ...) makes it not;
-3. any other loss: a softmax or sigmoid output layer makes it a classification output.
+1. a regression loss (``mse``, ``mae``, ``huber``, ``log_cosh``, ``poisson``, ...) makes the
+   output a regression output, left alone without a word;
+2. a loss whose name or class name says classification (``*crossentropy*``, ``*hinge*``,
+   ``*focal*``, ``ldam``) makes it a classification output;
+3. any other loss: a softmax or sigmoid output layer makes it one.
 
-One unit is ``binary``; several units with a binary loss or a sigmoid are ``multilabel``;
-otherwise ``multiclass``. ``from_logits``: softmax/sigmoid output -> probabilities; a linear
-output -> logits; unknown -> the loss's own ``from_logits``.
+The task: a loss that names the label format decides (``sparse_categorical_*`` and
+``categorical_*``: ``multiclass``; ``binary_*``: ``binary`` for one unit, else ``multilabel``);
+otherwise a sigmoid output is binary or multilabel and anything else multiclass.
+``from_logits``: softmax/sigmoid output -> probabilities; a linear output -> logits; unknown ->
+the loss's own ``from_logits``.
+
+A subclassed model has no output layer to read before training: its outputs are decided at its
+first step, from the layers its ``call`` ends in (traced symbolically on the step's input
+shapes, once). An output that still cannot be told apart, and one whose labels do not fit the
+decided task, is named in one :class:`~.events.MCMetricsWarning` with the argument that fixes
+it, and left out; nothing wrong ever reaches the compiled step.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from collections.abc import Mapping, Sequence
 
 import keras
 
+from mlflow_mcmetrics.events import warn
 from mlflow_mcmetrics.metrics import ClassificationMetrics
 
 try:
@@ -91,29 +101,36 @@ _REGRESSION_LOSSES = frozenset(
         "circle",
     }
 )
+#: The task an output's width decides: one unit is binary, several multilabel.
+BINARY_OR_MULTILABEL = "binary-or-multilabel"
 
 
 @dataclasses.dataclass(frozen=True)
 class OutputSpec:
     """A classification output: its Keras name (``None`` for a single-output model), index,
-    task (``None``: decided from the width once known) and whether it outputs logits."""
+    task (:data:`BINARY_OR_MULTILABEL` until the width is known) and whether it outputs
+    logits."""
 
     name: str | None
     index: int
-    task: str | None
+    task: str
     from_logits: bool
 
+    @property
+    def description(self) -> str:
+        return f"output {self.name!r}" if self.name else "the model's output"
 
-def _loss_name_and_logits(loss) -> tuple[str, str, bool | None]:
-    """A compiled loss's snake_case name, its class name in lower case (``""`` for strings and
-    functions) and its ``from_logits``, where it says."""
+
+def _loss_name_and_logits(loss) -> tuple[str, bool | None]:
+    """A compiled loss's snake_case name and class name in lower case, and its
+    ``from_logits`` where it says."""
     if isinstance(loss, str):
-        return loss, "", None
+        return loss, None
     if isinstance(loss, keras.losses.Loss):
         # Keras' built-in losses wrap a function (BinaryCrossentropy.fn = binary_crossentropy).
         name = getattr(getattr(loss, "fn", None), "__name__", None) or loss.name
-        return name, type(loss).__name__.lower(), loss.get_config().get("from_logits")
-    return getattr(loss, "__name__", "") or "", "", None
+        return f"{name} {type(loss).__name__.lower()}", loss.get_config().get("from_logits")
+    return getattr(loss, "__name__", "") or "", None
 
 
 def _loss_of_output(loss, name: str | None, index: int):
@@ -141,75 +158,134 @@ def _model_outputs(model: keras.Model) -> list | None:
         return None
 
 
-def _output_layers(model: keras.Model) -> list:
-    """The layer producing each output, where the model says (``[None]`` if it does not)."""
+def _producing_layers(outputs) -> list:
+    return [getattr(getattr(o, "_keras_history", None), "operation", None) for o in outputs]
+
+
+def _output_layers(model: keras.Model) -> list | None:
+    """The layer producing each output, where the model says; None for a subclassed model."""
     outputs = _model_outputs(model)
     if outputs:
-        return [getattr(getattr(o, "_keras_history", None), "operation", None) for o in outputs]
+        return _producing_layers(outputs)
     if isinstance(model, keras.Sequential) and model.layers:
         return [model.layers[-1]]
-    return [None]
+    return None
 
 
-def _output_names(model: keras.Model, count: int) -> list[str | None]:
-    if count == 1:
-        return [None]
-    return list(model.output_names)
+def _called_output_layers(model: keras.Model, x) -> list | None:
+    """The layers a built subclassed model's ``call`` ends in, from a symbolic call on the
+    shapes of ``x`` (its weights exist: nothing is created or drawn); None if it cannot be
+    traced so."""
+    try:
+        inputs = keras.tree.map_structure(lambda t: keras.KerasTensor(t.shape, t.dtype), x)
+        return _producing_layers(keras.tree.flatten(model.call(inputs)))
+    except Exception:  # noqa: BLE001 - any failure: the output stays undecided
+        return None
+
+
+def _classify(layer, loss, task: str, from_logits, forced: bool) -> tuple | str | None:
+    """One output's ``(task, from_logits)``; a reason string for an output left out (``""``:
+    a regression output, left out without a word); None while the layer is unknown and the
+    loss does not say."""
+    loss_name, loss_logits = _loss_name_and_logits(loss)
+    activation = _activation_name(layer)
+    if not forced and loss_name.split(" ")[0] in _REGRESSION_LOSSES:
+        return ""
+    says_classification = _CLASSIFICATION_LOSS.search(loss_name)
+    if not (forced or says_classification or activation in ("softmax", "sigmoid")):
+        if layer is None:
+            return None
+        return (
+            f"it is neither softmax/sigmoid nor trained with a classification loss "
+            f"(loss {loss_name.split(' ')[0] or 'unknown'!r})"
+        )
+    if task == "auto":
+        if "categorical" in loss_name:  # sparse or one-hot class labels: one class per row
+            task = "multiclass"
+        elif "binary" in loss_name or activation == "sigmoid":
+            task = BINARY_OR_MULTILABEL
+        else:
+            task = "multiclass"
+    if from_logits != "auto":
+        logits = bool(from_logits)
+    elif activation in ("softmax", "sigmoid"):
+        logits = False
+    elif activation == "linear":
+        logits = True
+    else:
+        logits = bool(loss_logits)
+    return task, logits
 
 
 def classification_outputs(
-    model: keras.Model, task: str = "auto", from_logits: bool | str = "auto"
-) -> tuple[list[OutputSpec], list[str]]:
-    """The model's classification outputs, and a reason for each output left out.
+    model: keras.Model,
+    task: str = "auto",
+    from_logits: bool | str = "auto",
+    layers: Sequence | None = None,
+) -> tuple[list[OutputSpec], list[str], bool]:
+    """The model's classification outputs, a reason for each output left out that the user
+    should hear of, and whether some output cannot be decided before the first step.
 
     See the module docstring for the rules; ``task``/``from_logits`` other than ``"auto"`` win.
+    ``layers``: the layer producing each output, when known otherwise (a subclassed model).
     """
-    layers = _output_layers(model)
-    names = _output_names(model, len(layers))
+    if layers is None:
+        layers = _output_layers(model)
+    unknown_layers = layers is None
+    layers = layers or [None]
+    names = [None] if len(layers) == 1 else list(getattr(model, "output_names", None) or [])
+    names += [f"output_{index}" for index in range(len(names), len(layers))]
     compiled_loss = getattr(model, "loss", None)
-    specs, skipped = [], []
+    specs, skipped, undecided = [], [], False
     for index, (name, layer) in enumerate(zip(names, layers, strict=True)):
-        loss_name, loss_class, loss_logits = _loss_name_and_logits(
-            _loss_of_output(compiled_loss, name, index)
+        decision = _classify(
+            layer,
+            _loss_of_output(compiled_loss, name, index),
+            task,
+            from_logits,
+            forced=task != "auto" and len(layers) == 1,
         )
-        activation = _activation_name(layer)
-        output = f"output {name!r}" if name else "the output"
-        forced = task != "auto" and len(layers) == 1
-        if loss_name in _REGRESSION_LOSSES and not forced:
-            skipped.append(f"{output} has a regression loss ({loss_name!r})")
-            continue
-        says_classification = _CLASSIFICATION_LOSS.search(f"{loss_name} {loss_class}")
-        if not (forced or says_classification or activation in ("softmax", "sigmoid")):
-            skipped.append(
-                f"{output} is neither softmax/sigmoid nor trained with a classification loss "
-                f"(loss {loss_name or 'unknown'!r}); pass task=... to autolog() to include it"
-            )
-            continue
-        if task != "auto":
-            output_task = task
-        elif "binary" in f"{loss_name} {loss_class}" or activation == "sigmoid":
-            output_task = "binary-or-multilabel"
+        if decision is None:
+            if unknown_layers:
+                undecided = True
+                continue
+            decision = "its output layer is unknown and its loss does not say it classifies"
+        if isinstance(decision, str):
+            if decision:
+                where = f"output {name!r}" if name else "the model's output"
+                skipped.append(f"{where}: {decision}")
         else:
-            output_task = "multiclass"
-        if from_logits != "auto":
-            logits = bool(from_logits)
-        elif activation in ("softmax", "sigmoid"):
-            logits = False
-        elif activation == "linear":
-            logits = True
-        else:
-            logits = bool(loss_logits)
-        specs.append(OutputSpec(name, index, output_task, logits))
-    return specs, skipped
+            specs.append(OutputSpec(name, index, *decision))
+    return specs, skipped, undecided
 
 
 def _task_for_width(task: str, width: int) -> tuple[str, int]:
     """``(task, num_classes)`` once the output width is known."""
-    if task == "binary-or-multilabel":
+    if task == BINARY_OR_MULTILABEL:
         task = "binary" if width == 1 else "multilabel"
     if task == "binary":
         return task, 2
     return task, int(width)
+
+
+def _labels_fit(task: str, label_shape: tuple, prediction_shape: tuple) -> bool:
+    """Whether labels of ``label_shape`` can be scored against predictions of
+    ``prediction_shape`` for ``task`` (unknown dimensions fit anything)."""
+
+    def same(a, b):
+        return len(a) == len(b) and all(
+            x is None or y is None or x == y for x, y in zip(a, b, strict=True)
+        )
+
+    rows = prediction_shape[:-1]
+    if task == "multilabel":
+        return same(label_shape, prediction_shape)
+    # Class indices per row (optionally with a trailing axis of 1), or one-hot rows.
+    return (
+        same(label_shape, rows)
+        or same(label_shape, (*rows, 1))
+        or same(label_shape, prediction_shape)
+    )
 
 
 class FitClassificationMetrics(ClassificationMetrics):
@@ -258,21 +334,77 @@ class FitInstrumentation:
 
     Args:
         model: the model being fitted.
-        outputs: what :func:`classification_outputs` found.
+        task, from_logits: ``autolog()``'s arguments (``"auto"`` or explicit).
         metric_kwargs: ``threshold``, ``ignore_class``, ``pr_thresholds``, ``zero_division``.
+        weighted_metrics: feed Keras' ``sample_weight`` (which carries ``class_weight``) to the
+            metrics, as Keras does for its ``weighted_metrics=``.
+        silent: no warnings.
 
     Attributes:
+        outputs: the classification outputs (filled at the first step for a subclassed model).
         metrics: ``{output name (None for a single output): metric}``, filled when the
             output shapes are known.
+        split: ``"train"`` or ``"val"``: the split the steps being run belong to (the
+            callback says).
+        fed: the splits whose steps fed the metrics.
     """
 
-    def __init__(self, model: keras.Model, outputs: Sequence[OutputSpec], metric_kwargs: Mapping):
+    def __init__(
+        self,
+        model: keras.Model,
+        task: str = "auto",
+        from_logits: bool | str = "auto",
+        metric_kwargs: Mapping | None = None,
+        *,
+        weighted_metrics: bool = False,
+        silent: bool = False,
+    ):
         self.model = model
-        self.outputs = list(outputs)
-        self.metric_kwargs = dict(metric_kwargs)
+        self.task = task
+        self.from_logits = from_logits
+        self.metric_kwargs = dict(metric_kwargs or {})
+        self.weighted_metrics = weighted_metrics
+        self.silent = silent
+        self.outputs, skipped, undecided = classification_outputs(model, task, from_logits)
+        self._warn_left_out(skipped)
+        # A subclassed model whose loss does not say regression: its outputs are read at its
+        # first step, from the layers its call() ends in.
+        self.undecided = _output_layers(model) is None and (undecided or bool(self.outputs))
         self.metrics: dict[str | None, ClassificationMetrics] = {}
         self.holder = MetricsHolder([], name="mcmetrics")
+        self.split = "train"
+        self.fed: set[str] = set()
+        self._misfit: set[str | None] = set()
         self._attached = False
+
+    @property
+    def active(self) -> bool:
+        """Whether this fit may get metrics (some output classifies or is still undecided)."""
+        return bool(self.outputs) or self.undecided
+
+    def _warn_left_out(self, skipped: Sequence[str]) -> None:
+        for reason in skipped:
+            warn(
+                f"mlflow_mcmetrics logs no per-class metrics for {reason}. If it classifies, "
+                "pass task='multiclass', 'binary' or 'multilabel' (and from_logits=True for "
+                "logits) to mlflow_mcmetrics.autolog().",
+                silent=self.silent,
+            )
+
+    def _decide_at_first_step(self, x) -> None:
+        """A subclassed model's outputs, from the layers its ``call`` ends in."""
+        self.undecided = False
+        layers = _called_output_layers(self.model, x)
+        outputs, skipped, undecided = classification_outputs(
+            self.model, self.task, self.from_logits, layers=layers
+        )
+        if undecided:
+            skipped.append(
+                "the model's output: its output layer cannot be read from the model and its "
+                "loss does not say it classifies"
+            )
+        self._warn_left_out(skipped)
+        self.outputs = outputs
 
     def _build(self, shapes: Sequence[tuple]) -> None:
         for spec in self.outputs:
@@ -288,10 +420,44 @@ class FitInstrumentation:
             self.metrics[spec.name] = metric
             self.holder.metrics.append(metric)
 
+    def _labels_fit(self, spec: OutputSpec, y_true, y_pred) -> bool:
+        """Whether the step's labels fit the output's task; warns once when they do not."""
+        metric = self.metrics[spec.name]
+        if _labels_fit(metric.task, tuple(y_true.shape), tuple(y_pred.shape)):
+            return True
+        if spec.name not in self._misfit:
+            self._misfit.add(spec.name)
+            warn(
+                f"mlflow_mcmetrics logs no per-class metrics for {spec.description}: it was "
+                f"taken as {metric.task} with {metric.num_classes} classes, but its labels have "
+                f"shape {tuple(y_true.shape)} for predictions of shape {tuple(y_pred.shape)}. "
+                "Pass task='multiclass', 'binary' or 'multilabel' to mlflow_mcmetrics.autolog().",
+                silent=self.silent,
+            )
+        return False
+
+    def _compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """The model's ``compute_metrics``, feeding the metrics first (traced into the step)."""
+        if self.undecided:
+            self._decide_at_first_step(x)
+        if self.outputs and not self.metrics:
+            # TensorFlow and subclassed models: the first traced step built the model just now.
+            self._build([tuple(p.shape) for p in keras.tree.flatten(y_pred)])
+        for spec in self.outputs:
+            y_true, predictions = (_select(s, spec.name, spec.index) for s in (y, y_pred))
+            if y_true is None or not self._labels_fit(spec, y_true, predictions):
+                continue
+            weights = _select(sample_weight, spec.name, spec.index)
+            self.metrics[spec.name].update_state(
+                y_true, predictions, weights if self.weighted_metrics else None
+            )
+            self.fed.add(self.split)
+        return self._model_compute_metrics(x, y, y_pred, sample_weight)
+
     def attach(self) -> None:
         """Track the metrics in the model and feed them from its train and test steps."""
         detach_previous(self.model)
-        shapes = _output_shapes(self.model)
+        shapes = _output_shapes(self.model) if self.outputs and not self.undecided else None
         if shapes is not None:
             strategy = getattr(self.model, "distribute_strategy", None)
             # Under tf.distribute the variables must be created in the model's strategy scope.
@@ -300,24 +466,18 @@ class FitInstrumentation:
                     self._build(shapes)
             else:
                 self._build(shapes)
-        model_compute_metrics = self.model.compute_metrics
-
-        def compute_metrics(x, y, y_pred, sample_weight=None):
-            if not self.metrics:  # TensorFlow: the first traced step built the model just now
-                self._build([tuple(p.shape) for p in keras.tree.flatten(y_pred)])
-            for spec in self.outputs:
-                self.metrics[spec.name].update_state(
-                    _select(y, spec.name, spec.index),
-                    _select(y_pred, spec.name, spec.index),
-                    _select(sample_weight, spec.name, spec.index),
-                )
-            return model_compute_metrics(x, y, y_pred, sample_weight)
-
+        self._model_compute_metrics = self.model.compute_metrics
         self.model._metrics.append(self.holder)
-        self.model.compute_metrics = compute_metrics
+        self.model.compute_metrics = self._compute_metrics
         _ATTACHED[self.model] = self
         self._forget_step_functions()
         self._attached = True
+
+    def reset(self) -> None:
+        """Reset the metrics where Keras does not (a ``metrics`` property that leaves them out:
+        Keras resets only what it lists)."""
+        if self.holder not in self.model.metrics:
+            self.holder.reset_state()
 
     def detach(self) -> None:
         """Leave the model as it was before :meth:`attach`."""

@@ -7,6 +7,7 @@ at their first fit, mode="auto" monitors, MLflow's autologging test mode, multi-
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -148,6 +149,51 @@ def test_an_early_stopped_models_metrics_are_its_last_epochs(tracking, digits):
     assert [step for key, step in linked if key == "val_f1/3"] == [1]
     assert linked[("val_f1/3", 1)] == pytest.approx(client.get_run(run_id).data.metrics["val_f1/3"])
     mlflow.keras.autolog(disable=True)
+
+
+def test_early_stopping_that_restores_weights_gets_the_restored_epochs_artifacts(tracking, digits):
+    """Issue 27 item 6: EarlyStopping(restore_best_weights=True) ends with the best epoch's
+    weights; the report, the model links and the values after the last epoch describe them."""
+    client, _ = tracking
+    x, y, xv, yv = digits
+    mlflow.tensorflow.autolog()
+    mlflow_mcmetrics.autolog()
+    model = compiled_model()
+
+    def spoil_from_epoch_2(epoch, logs):
+        if epoch >= 2:  # zero weights, no learning: validation F1 drops, training stops
+            model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+            model.optimizer.learning_rate.assign(0.0)
+
+    stopping = keras.callbacks.EarlyStopping(
+        monitor="val_f1_macro", patience=1, restore_best_weights=True
+    )
+    model.fit(
+        x,
+        y,
+        validation_data=(xv, yv),
+        epochs=6,
+        batch_size=64,
+        verbose=0,
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_begin=spoil_from_epoch_2), stopping],
+    )
+    mlflow_mcmetrics.flush()
+    assert (stopping.stopped_epoch, stopping.best_epoch) == (2, 1)
+    run_id = run_id_of_last_fit()
+    predicted = model.predict(xv, verbose=0).argmax(-1)  # the restored weights
+    report = mlflow.artifacts.load_dict(f"runs:/{run_id}/mcmetrics/classification_report.json")
+    assert report["epoch"] == 1
+    assert report["averages"]["macro"]["f1"] == pytest.approx(
+        skm.f1_score(yv, predicted, average="macro"), abs=1e-9
+    )
+    history = client.get_metric_history(run_id, "val_f1_macro")
+    by_step = {m.step: m.value for m in history}
+    assert sorted(by_step) == [0, 1, 2, 3] and by_step[3] == pytest.approx(by_step[1])
+    ours = {m.step: m.value for m in client.get_metric_history(run_id, "val_precision_macro")}
+    assert sorted(ours) == [0, 1, 2, 3] and ours[3] == ours[1] != ours[2]
+    _, linked = logged_model_of(run_id)
+    assert [step for key, step in linked if key == "val_precision_macro"] == [3]
+    mlflow.tensorflow.autolog(disable=True)
 
 
 def test_load_model_compiles_as_without_autolog(tracking, digits, tmp_path):
@@ -450,3 +496,53 @@ def test_mlflow_tensorflow_autolog_run_ownership_is_unchanged(tracking, digits, 
     assert run.data.tags.get("mlflow.autologging") == (None if user_run else "tensorflow")
     assert "f1/3" in run.data.metrics and "accuracy" in run.data.metrics
     mlflow.tensorflow.autolog(disable=True)
+
+
+#: keras.io's MNIST convnet opening: mlflow.autolog() (and ours) before `import tensorflow`.
+IMPORT_ORDER_SCRIPT = """
+import json, sys
+import mlflow
+mlflow.autolog()
+if {with_ours}:
+    import mlflow_mcmetrics
+    mlflow_mcmetrics.autolog()
+    assert "keras" not in sys.modules and "tensorflow" not in sys.modules
+import numpy as np
+import tensorflow as tf
+from tensorflow import keras
+keras.utils.set_random_seed(0)
+x = np.random.default_rng(0).random((64, 8)).astype("float32")
+y = np.arange(64) % 3
+model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation="softmax")])
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+model.fit(x, y, epochs=1, verbose=0)
+run = mlflow.last_active_run()
+print(json.dumps([run.data.tags.get("mlflow.autologging"), sorted(run.data.params)]))
+"""
+
+
+def test_autolog_before_importing_tensorflow_leaves_mlflows_integration_as_it_was(tracking):
+    """Issue 27 item 2: autolog() imports neither Keras nor TensorFlow, so MLflow logs the run
+    through mlflow.tensorflow, as without this package (tag and params unchanged)."""
+    _, experiment_id = tracking
+    env = subprocess_env(mlflow.get_tracking_uri())
+    env["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    children = {
+        with_ours: subprocess.Popen(
+            [sys.executable, "-c", IMPORT_ORDER_SCRIPT.format(with_ours=with_ours)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for with_ours in (False, True)
+    }
+    printed = {}
+    for with_ours, child in children.items():
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err[-3000:]
+        assert "Exception raised while enabling autologging" not in err
+        printed[with_ours] = json.loads(out.strip().splitlines()[-1])
+    tag, params = printed[True]
+    assert tag == "tensorflow"
+    assert [tag, [p for p in params if not p.startswith("mcmetrics.")]] == printed[False]

@@ -14,7 +14,7 @@ from _inputs import ece_reference
 from sklearn import metrics as skm
 
 import mlflow_mcmetrics
-from mlflow_mcmetrics import ClassificationMetrics, MCMetricsCallback, datasets
+from mlflow_mcmetrics import ClassificationMetrics, MCMetricsCallback, MCMetricsWarning, datasets
 
 pytestmark = pytest.mark.slow
 
@@ -366,13 +366,17 @@ def test_manual_metric_and_callback_in_a_user_run(tracking, digits):
     assert "val_map" not in client.get_run(run.info.run_id).data.metrics
 
 
-def test_class_name_count_must_match(tracking, digits):
+def test_class_names_that_do_not_fit_warn_and_training_goes_on(tracking, digits):
+    """Issue 27 item 5: under autolog() a naming mismatch never stops fit()."""
+    client, _ = tracking
     x, y, _, _ = digits
     mlflow_mcmetrics.autolog(class_names=["a", "b"])
     model = dense_model(64, 10, "softmax")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    with pytest.raises(ValueError, match="Got 2 class names for a model with 10 classes"):
+    with pytest.warns(MCMetricsWarning, match="2 class names for a model with 10 classes"):
         model.fit(x, y, epochs=1, verbose=0)
+    metrics = client.get_run(run_id_of_last_fit()).data.metrics
+    assert {f"f1/{digit}" for digit in range(10)} <= set(metrics)
 
 
 def test_thousand_classes_all_logged_in_one_epoch(tracking):
