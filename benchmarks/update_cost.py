@@ -1,6 +1,6 @@
 """Cost of one metric update per batch, as ratios against baselines timed in this run.
 
-    python benchmarks/update_cost.py [--quick] [--bins-only | --calibration-only]
+    python benchmarks/update_cost.py [--quick] [--bins-only | --calibration-only | --against-keras]
 
 For C in {10, 100, 1000} classes, batches of 256 and 4096 softmax predictions, it times one
 ``update_state`` inside a compiled function (``tf.function`` and XLA on TensorFlow,
@@ -16,7 +16,9 @@ For C in {10, 100, 1000} classes, batches of 256 and 4096 softmax predictions, i
 
 ``--bins-only`` times the update against the number of bins T; ``--calibration-only`` the
 update with and without the calibration counts (expected calibration error) against the batch
-size.
+size; ``--against-keras`` the rows of issue 31 (:func:`against_keras_table`): ours against
+Keras' ``F1Score`` (the floor of an exact per-class metric: one elementwise pass over the
+predictions) and ``AUC(PR, multi_label) + F1Score``, the conditions alternating in one run.
 
 Each cell is the median over repeats of the mean time of a loop of calls, after a warm-up.
 On JAX our updates are timed under ``jax.transfer_guard("disallow")``: a host-device transfer
@@ -153,6 +155,135 @@ def _torchmetrics_call(num_classes, labels, scores):
     return update
 
 
+def _stateful_call(metrics, inputs, xla, *, result: bool):
+    """A compiled step that updates every metric of ``metrics`` on its ``inputs`` (a
+    ``(y_true, y_pred)`` pair per metric). With ``result`` it returns the first metric's
+    ``result()`` (ours: O(C), what Keras' train step reads every batch), otherwise the last
+    metric's first variable (Keras' ``F1Score``'s C true positives: the issue timed Keras'
+    metrics without their ``result()``, which is O(C * T) for ``AUC``). On JAX the metrics'
+    stateless forms, jitted with the state donated (as Keras' JAX trainer does)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def update(states, batch):
+            states = [
+                metric.stateless_update_state(state, *pair)
+                for metric, state, pair in zip(metrics, states, batch, strict=True)
+            ]
+            return states, metrics[0].stateless_result(states[0]) if result else states[-1][0]
+
+        step = jax.jit(update, donate_argnums=0)
+        held = [[[v.value for v in metric.variables] for metric in metrics]]
+
+        def call():
+            held[0], returned = step(held[0], inputs)
+            return returned
+
+        return call
+
+    def update(batch):
+        for metric, pair in zip(metrics, batch, strict=True):
+            metric.update_state(*pair)
+        return metrics[0].result() if result else metrics[-1].variables[0]
+
+    step = _compiled(update, xla)
+    return lambda: step(inputs)
+
+
+#: Issue 31's rows: (classes C, bins T, batch N).
+AGAINST_KERAS_ROWS = ((100, 200, 4096), (100, 4096, 4096), (10, 4096, 32), (1000, 4096, 256))
+
+
+def against_keras_table(args, xla: bool, mode: str) -> None:
+    """Issue 31's table: one update of ours (at T bins and at ``T=0``, with its ``result()``),
+    of Keras' ``F1Score(average=None)`` alone (the floor) and of Keras' ``AUC(curve="PR",
+    multi_label=True, num_thresholds=T)`` + ``F1Score`` together, on the same softmax batch
+    (Keras' metrics get the labels one-hot, as they need them; ours sparse).
+
+    The four conditions alternate within each of ``--repeats`` rounds; a cell is the best
+    round's mean ms per call (the issue's "best of 15"), and the ratios' spread is the range
+    of the per-round ratios (each round times the conditions back to back)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")  # each condition traces its own function, knowingly
+    rng = np.random.default_rng(31)
+    print(
+        "\n| mode | C | T | N | ours ms | ours T=0 ms | Keras AUC+F1 ms | Keras F1Score ms "
+        "| (AUC+F1) / ours | ours / F1Score | ours T=0 / F1Score | spread (AUC+F1) / ours "
+        "| spread ours / F1Score |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for num_classes, bins, batch in AGAINST_KERAS_ROWS:
+        labels = rng.integers(0, num_classes, batch)
+        logits = rng.normal(size=(batch, num_classes)).astype("float32")
+        scores = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype("float32")
+        sparse = (ops.convert_to_tensor(labels.astype("int32")), ops.convert_to_tensor(scores))
+        one_hot = (ops.one_hot(sparse[0], num_classes), sparse[1])
+
+        def keras_auc():
+            return keras.metrics.AUC(
+                curve="PR", multi_label=True, num_labels=num_classes, num_thresholds=bins
+            )
+
+        calls = {
+            "ours": _stateful_call(
+                [ClassificationMetrics(num_classes, pr_thresholds=bins)], [sparse], xla, result=True
+            ),
+            "ours T=0": _stateful_call(
+                [ClassificationMetrics(num_classes, pr_thresholds=0)], [sparse], xla, result=True
+            ),
+            "AUC+F1": _stateful_call(
+                [keras_auc(), keras.metrics.F1Score(average=None)],
+                [one_hot, one_hot],
+                xla,
+                result=False,
+            ),
+            "F1": _stateful_call(
+                [keras.metrics.F1Score(average=None)], [one_hot], xla, result=False
+            ),
+        }
+        loops = {}
+        for name, call in calls.items():
+            with _guard(name):
+                call()  # trace / compile
+                _block(call())
+                start = time.perf_counter()
+                _block(call())
+                once = time.perf_counter() - start
+            # About 0.1 s a loop (0.03 with --quick), at least 3 calls.
+            loops[name] = max(3, min(500, int((0.03 if args.quick else 0.1) / max(once, 1e-6))))
+        rounds: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(args.repeats):
+            for name, call in calls.items():
+                with _guard(name):
+                    start = time.perf_counter()
+                    for _ in range(loops[name]):
+                        result = call()
+                    _block(result)
+                rounds[name].append((time.perf_counter() - start) / loops[name])
+        best = {name: min(times) for name, times in rounds.items()}
+
+        def spread(numerator, denominator):
+            ratios = [a / b for a, b in zip(rounds[numerator], rounds[denominator], strict=True)]
+            return f"{min(ratios):.2f}–{max(ratios):.2f}"
+
+        print(
+            f"| {mode} | {num_classes} | {bins} | {batch} | {best['ours'] * 1e3:.3f} "
+            f"| {best['ours T=0'] * 1e3:.3f} | {best['AUC+F1'] * 1e3:.3f} | {best['F1'] * 1e3:.3f} "
+            f"| {best['AUC+F1'] / best['ours']:.2f} | {best['ours'] / best['F1']:.2f} "
+            f"| {best['ours T=0'] / best['F1']:.2f} | {spread('AUC+F1', 'ours')} "
+            f"| {spread('ours', 'F1')} |",
+            flush=True,
+        )
+
+
+def _guard(name: str):
+    """The transfer guard around our updates (see :func:`_no_transfers`); Keras' own metrics
+    run without it."""
+    return _no_transfers() if name.startswith("ours") else contextlib.nullcontext()
+
+
 def bins_table(args, xla: bool, mode: str) -> None:
     """The update's cost against the number of score bins T, batch 32 (issue 17's rows)."""
     rng = np.random.default_rng(1)
@@ -179,11 +310,11 @@ def bins_table(args, xla: bool, mode: str) -> None:
 
 
 class _WithoutCalibration(ClassificationMetrics):
-    """The metric less its calibration counts (an empty scatter): the baseline for their cost."""
+    """The metric less its calibration counts: the baseline for their cost."""
 
     @staticmethod
-    def _calibration_cells(labels, scores, weights):
-        return ops.zeros((3, 0), "int32"), ops.zeros((3, 0), "float32")
+    def _calibration_parts(labels, top, weights, counting):
+        return [], []
 
 
 def calibration_table(args, xla: bool, mode: str) -> None:
@@ -221,15 +352,34 @@ def main() -> None:
     parser.add_argument(
         "--calibration-only", action="store_true", help="only the cost of the calibration counts"
     )
+    parser.add_argument(
+        "--against-keras",
+        action="store_true",
+        help="only issue 31's rows: ours against Keras' F1Score and AUC(PR) + F1Score",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=15, help="alternating rounds of --against-keras"
+    )
+    parser.add_argument(
+        "--modes",
+        default="",
+        help="comma-separated modes to run (tf.function, XLA, jax.jit); default all",
+    )
     args = parser.parse_args()
     backend = keras.backend.backend()
     rng = np.random.default_rng(0)
     modes = (
         [("tf.function", False), ("XLA", True)] if backend == "tensorflow" else [("jax.jit", True)]
     )
+    if args.modes:
+        modes = [(mode, xla) for mode, xla in modes if mode in args.modes.split(",")]
     print(f"backend {backend}; devices: {_devices()}")
     if backend == "jax":
         print("our updates run under jax.transfer_guard('disallow'): no host-device transfer")
+    if args.against_keras:
+        for mode, xla in modes:
+            against_keras_table(args, xla, mode)
+        return
     for mode, xla in modes:
         if not args.calibration_only:
             bins_table(args, xla, mode)

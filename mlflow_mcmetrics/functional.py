@@ -8,7 +8,12 @@ The state of one split is a :class:`ClassificationState`:
 
 * ``confusion_matrix``: ``(C, C)`` counts, rows = true class, columns = predicted class, or
   ``(C, 2, 2)`` for multilabel in :func:`sklearn.metrics.multilabel_confusion_matrix` layout
-  (``[[tn, fp], [fn, tp]]`` per label).
+  (``[[tn, fp], [fn, tp]]`` per label); ``None`` for a multiclass or binary state kept without
+  one (the Keras metric's default beyond :data:`DENSE_CONFUSION_MATRIX_MAX_CLASSES` classes, see
+  :func:`state_counts`).
+* ``stat_scores``: ``(3, C)`` per class ``[true positives, predicted, support]``, what
+  precision, recall, F1, balanced accuracy, MCC and Cohen's kappa need, exactly. Derived from
+  the confusion matrix when there is one; given when there is none.
 * ``score_histogram``: ``(2, C, T)`` or ``None``; ``[1, c, b]`` counts the samples that are
   positive for class ``c`` with score in bin ``b``, ``[0, c, b]`` the negatives. Bin ``b`` holds
   scores in ``[b / T, (b + 1) / T)`` (see :func:`score_bins`); the last bin also holds 1.0.
@@ -46,16 +51,22 @@ from mlflow_mcmetrics.validation import TASKS, check_arguments
 
 __all__ = [
     "CALIBRATION_BINS",
+    "COUNT_BYTES",
     "DEFAULT_PR_THRESHOLDS",
+    "DENSE_CONFUSION_MATRIX_MAX_CLASSES",
     "SHOT_GROUPS",
     "SHOT_THRESHOLDS",
+    "STATE_BUDGET_BYTES",
     "TASKS",
     "ClassificationState",
     "ShotGroups",
     "agreement_scores_from_confusion_matrix",
+    "agreement_scores_from_stat_scores",
     "average_precision_from_histogram",
     "calibration_state",
     "classification_scores",
+    "default_pr_thresholds",
+    "dense_confusion_matrix_by_default",
     "expected_calibration_error",
     "f1_macro_from_stat_scores",
     "f1_optimal_threshold_from_histogram",
@@ -65,6 +76,7 @@ __all__ = [
     "precision_recall_curve_from_histogram",
     "precision_recall_points_from_histogram",
     "precision_recall_f1_from_confusion_matrix",
+    "precision_recall_f1_from_stat_scores",
     "reliability_bins",
     "reliability_curve_from_histogram",
     "roc_auc_from_histogram",
@@ -75,6 +87,7 @@ __all__ = [
     "specificity_iba_from_stat_scores",
     "spread_from_stat_scores",
     "stat_scores_from_confusion_matrix",
+    "state_counts",
     "state_from_predictions",
     "top_label_reliability",
 ]
@@ -82,13 +95,28 @@ __all__ = [
 Task = Literal["multiclass", "binary", "multilabel"]
 Average = Literal["micro", "macro", "weighted"] | None
 
-#: Uniform score bins per class for PR curves. Measured on the MLproject's digits CNN
-#: (benchmarks/README.md): binned AP within 0.0002 of scikit-learn's after training and
-#: within 0.009 after 3 epochs, when scores are bunched in 0.01-0.4 (1000 bins: 0.002 and
-#: 0.034; logit-spaced bins did worse in both). The update touches only the bins a batch
-#: fills, so its cost does not depend on this; the state is 2 x 2 x C x 4096 float32 (64 MB
-#: for 1000 classes).
+#: Uniform score bins per class for PR curves, the most the Keras metric keeps by default
+#: (fewer beyond 2,997 classes: :func:`default_pr_thresholds`). Measured on the
+#: MLproject's digits CNN (benchmarks/README.md): binned AP within 0.0002 of scikit-learn's
+#: after training and within 0.009 after 3 epochs, when scores are bunched in 0.01-0.4 (1000
+#: bins: 0.002 and 0.034; logit-spaced bins did worse in both). The update touches only the
+#: bins a batch fills, so its cost does not depend on this; the state is 2 x 2 x C x 4096
+#: float32 (64 MB for 1000 classes).
 DEFAULT_PR_THRESHOLDS = 4096
+
+#: Device memory the Keras metric's state may take by default, per metric (SPEC section 3:
+#: 256 MB at 10,000 classes). An explicit ``pr_thresholds`` or ``confusion_matrix=True`` is
+#: honoured beyond it.
+STATE_BUDGET_BYTES = 256 * 2**20
+#: Bytes per count in the Keras metric's state: a float32 pair (exact integers up to 2**36,
+#: see ``metrics.ExactCounts``).
+COUNT_BYTES = 8
+#: Largest number of classes whose dense ``(C, C)`` confusion matrix the Keras metric keeps by
+#: default: 4096**2 counts are 128 MiB, half of :data:`STATE_BUDGET_BYTES`, the other half
+#: left to the score histograms. Beyond it a multiclass state holds only the per-class
+#: ``stat_scores`` (P/R/F1 and the agreement scores stay exact; the off-diagonal cells, i.e.
+#: which classes are confused with which, are given up).
+DENSE_CONFUSION_MATRIX_MAX_CLASSES = 4096
 
 #: Equal-width confidence bins of the expected calibration error (Guo et al. 2017).
 CALIBRATION_BINS = 15
@@ -100,32 +128,117 @@ SHOT_GROUPS = ("many", "medium", "few")
 SHOT_THRESHOLDS = (20, 100)
 
 
+def dense_confusion_matrix_by_default(num_classes: int, task: str = "multiclass") -> bool:
+    """Whether the Keras metric keeps the dense confusion matrix by default: always for
+    ``multilabel`` (``(C, 2, 2)`` is O(C)), up to :data:`DENSE_CONFUSION_MATRIX_MAX_CLASSES`
+    classes otherwise.
+
+    >>> dense_confusion_matrix_by_default(4096), dense_confusion_matrix_by_default(4097)
+    (True, False)
+    """
+    return task == "multilabel" or num_classes <= DENSE_CONFUSION_MATRIX_MAX_CLASSES
+
+
+def state_counts(
+    num_classes: int, task: str, pr_thresholds: int, *, confusion_matrix: bool = True
+) -> int:
+    """Counts in the Keras metric's state (each :data:`COUNT_BYTES` on the device): the
+    confusion matrix (``C * C``, multilabel ``C * 4``; none with ``confusion_matrix=False``),
+    the per-class ``[true positives, predicted, support]`` (``3 * C``, not multilabel), 2
+    rejected-row counters, and with ``pr_thresholds = T > 0`` the score histograms
+    (``2 * T * C``) and, not multilabel, the calibration counts (``3 * CALIBRATION_BINS``).
+
+    >>> state_counts(10, "multiclass", 4096) * COUNT_BYTES  # 10 classes: 657 kB
+    656776
+    """
+    matrix = 4 * num_classes if task == "multilabel" else num_classes**2
+    counts = (matrix if confusion_matrix else 0) + 2 + 2 * pr_thresholds * num_classes
+    if task != "multilabel":
+        counts += 3 * num_classes + (3 * CALIBRATION_BINS if pr_thresholds else 0)
+    return counts
+
+
+def default_pr_thresholds(
+    num_classes: int, task: str = "multiclass", *, confusion_matrix: bool | None = None
+) -> int:
+    """The Keras metric's score bins for ``pr_thresholds="auto"``: the largest power of two up
+    to :data:`DEFAULT_PR_THRESHOLDS` whose state (:func:`state_counts`) fits in
+    :data:`STATE_BUDGET_BYTES`; 0 (no curves) if not even one bin does.
+
+    Powers of two, so that coarser bins are unions of finer ones. With the default layout
+    (``confusion_matrix=None``: :func:`dense_confusion_matrix_by_default`): 4096 bins up to
+    2,997 classes, 2048 up to 4,094, 1024 at 4,095-4,096 (where the dense matrix takes half
+    the budget), 2048 again from 4,097 (no matrix) to 8,185, 1024 up to 16,360, then halving
+    as C doubles (128 at 100,000 classes).
+
+    >>> [default_pr_thresholds(c) for c in (10, 2000, 3000, 4096, 4097, 10_000, 100_000)]
+    [4096, 4096, 2048, 1024, 2048, 1024, 128]
+    """
+    if confusion_matrix is None:
+        confusion_matrix = dense_confusion_matrix_by_default(num_classes, task)
+    bins = DEFAULT_PR_THRESHOLDS
+    while bins and (
+        state_counts(num_classes, task, bins, confusion_matrix=confusion_matrix) * COUNT_BYTES
+        > STATE_BUDGET_BYTES
+    ):
+        bins //= 2
+    return bins
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassificationState:
-    """Accumulated statistics of one split (see the module docstring for the layout)."""
+    """Accumulated statistics of one split (see the module docstring for the layout).
 
-    confusion_matrix: np.ndarray
+    Give ``confusion_matrix``, or, for a multiclass or binary state kept without one,
+    ``stat_scores``. With a confusion matrix, ``stat_scores`` are always its own (its
+    diagonal, column and row sums: a ``dataclasses.replace`` of the matrix cannot leave
+    stale ones).
+
+    >>> state = ClassificationState(stat_scores=np.array([[3, 4], [5, 5], [4, 6]]))
+    >>> state.num_classes, state.num_samples, state.confusion_matrix is None
+    (2, 10.0, True)
+    """
+
+    confusion_matrix: np.ndarray | None = None
     score_histogram: np.ndarray | None = None
     calibration: np.ndarray | None = None
+    stat_scores: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.confusion_matrix is not None:
+            stat_scores = np.stack(stat_scores_from_confusion_matrix(self.confusion_matrix))
+        elif self.stat_scores is not None:
+            stat_scores = np.asarray(self.stat_scores, dtype=np.float64)
+            if stat_scores.ndim != 2 or len(stat_scores) != 3:
+                raise ValueError(
+                    "stat_scores must be (3, C): per class [true positives, predicted, "
+                    f"support], got shape {stat_scores.shape}."
+                )
+        else:
+            raise ValueError("A ClassificationState needs a confusion_matrix or stat_scores.")
+        object.__setattr__(self, "stat_scores", stat_scores)
 
     @property
     def num_classes(self) -> int:
-        return int(self.confusion_matrix.shape[0])
+        return int(self.stat_scores.shape[1])
 
     @property
     def num_samples(self) -> float:
         """(Weighted) number of samples (each label's 2x2 of a multilabel state counts all)."""
-        counted = self.confusion_matrix[0] if self.is_multilabel else self.confusion_matrix
-        return float(counted.sum())
+        if self.is_multilabel:
+            return float(self.confusion_matrix[0].sum())
+        return float(self.stat_scores[2].sum())
 
     @property
     def is_multilabel(self) -> bool:
-        return self.confusion_matrix.ndim == 3
+        return self.confusion_matrix is not None and self.confusion_matrix.ndim == 3
 
     def __reduce__(self):
         # Pickled (to the render processes) as the non-zero cells of each mostly empty array:
-        # a 2000-class state is 160 MB dense and about 2 MB so; sending it took 1.4 s.
-        arrays = (self.confusion_matrix, self.score_histogram, self.calibration)
+        # a 2000-class state is 160 MB dense and about 2 MB so; sending it took 1.4 s. The
+        # stat scores only where there is no matrix to derive them from.
+        stat_scores = self.stat_scores if self.confusion_matrix is None else None
+        arrays = (self.confusion_matrix, self.score_histogram, self.calibration, stat_scores)
         return _state_from_cells, tuple(_nonzero_cells(array) for array in arrays)
 
 
@@ -342,15 +455,17 @@ def calibration_state(
 
 
 def merge_states(*states: ClassificationState) -> ClassificationState:
-    """Sum the states of several batches (or replicas) into one."""
+    """Sum the states of several batches (or replicas) into one (with a confusion matrix only
+    if every state has one)."""
 
     def total(parts):
         return None if any(part is None for part in parts) else sum(parts)
 
     return ClassificationState(
-        confusion_matrix=sum(s.confusion_matrix for s in states),
+        confusion_matrix=total([s.confusion_matrix for s in states]),
         score_histogram=total([s.score_histogram for s in states]),
         calibration=total([s.calibration for s in states]),
+        stat_scores=sum(s.stat_scores for s in states),
     )
 
 
@@ -419,10 +534,38 @@ def precision_recall_f1_from_confusion_matrix(
     >>> round(precision, 4), round(recall, 4), round(f1, 4)
     (0.7, 0.7083, 0.697)
     """
+    return precision_recall_f1_from_stat_scores(
+        *stat_scores_from_confusion_matrix(confusion_matrix),
+        labels=labels,
+        average=average,
+        zero_division=zero_division,
+    )
+
+
+def precision_recall_f1_from_stat_scores(
+    true_positives,
+    predicted,
+    support,
+    *,
+    labels: Sequence[int] | None = None,
+    average: Average = None,
+    zero_division: float = 0.0,
+):
+    """:func:`precision_recall_f1_from_confusion_matrix` from the per-class true positives,
+    predicted positives and support alone (all it reads of the matrix): a state without a
+    confusion matrix gets the same values.
+
+    >>> precision, recall, f1, _ = precision_recall_f1_from_stat_scores(
+    ...     [3, 4], [5, 5], [4, 6], average="macro")
+    >>> round(precision, 4), round(recall, 4), round(f1, 4)
+    (0.7, 0.7083, 0.697)
+    """
     check_arguments(zero_division=zero_division)
     if average not in (None, "micro", "macro", "weighted"):
         raise ValueError(f"average must be None, 'micro', 'macro' or 'weighted', got {average!r}.")
-    true_positives, predicted, support = stat_scores_from_confusion_matrix(confusion_matrix)
+    true_positives, predicted, support = (
+        np.asarray(values, dtype=np.float64) for values in (true_positives, predicted, support)
+    )
     labels = _resolve_labels(len(support), labels)
     true_positives, predicted, support = true_positives[labels], predicted[labels], support[labels]
     if average == "micro":
@@ -825,27 +968,44 @@ def agreement_scores_from_confusion_matrix(confusion_matrix: np.ndarray) -> dict
 
     Exactly scikit-learn's ``balanced_accuracy_score`` (classes without samples left out),
     ``matthews_corrcoef`` (0.0 where undefined) and ``cohen_kappa_score`` (NaN where
-    undefined) on the predictions the matrix counts.
+    undefined) on the predictions the matrix counts. They read only the diagonal and the row
+    and column sums: :func:`agreement_scores_from_stat_scores`.
 
     >>> scores = agreement_scores_from_confusion_matrix(np.array([[3, 1], [2, 4]]))
     >>> {name: round(value, 4) for name, value in scores.items()}
     {'balanced_accuracy': 0.7083, 'mcc': 0.4082, 'cohen_kappa': 0.4}
     """
-    matrix = np.asarray(confusion_matrix, dtype=np.float64)
-    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
-    correct, total = np.trace(matrix), matrix.sum()
+    return agreement_scores_from_stat_scores(*stat_scores_from_confusion_matrix(confusion_matrix))
+
+
+def agreement_scores_from_stat_scores(true_positives, predicted, support) -> dict[str, float]:
+    """:func:`agreement_scores_from_confusion_matrix` from the per-class true positives,
+    predicted and support of a multiclass (or binary) state.
+
+    With ``N`` samples, ``c`` of them correct, ``p`` predicted and ``t`` true per class:
+    MCC is ``(c * N - t . p) / sqrt((N**2 - p . p) * (N**2 - t . t))`` (scikit-learn's
+    multiclass formula), and Cohen's kappa ``1 - (N - c) / (N - t . p / N)``: scikit-learn
+    sums the off-diagonal cells of the confusion matrix and of ``outer(p, t) / N``, which
+    are ``N - c`` and ``N - t . p / N``. Nothing else of the matrix enters.
+
+    >>> scores = agreement_scores_from_stat_scores([3, 4], [5, 5], [4, 6])
+    >>> {name: round(value, 4) for name, value in scores.items()}
+    {'balanced_accuracy': 0.7083, 'mcc': 0.4082, 'cohen_kappa': 0.4}
+    """
+    true_positives, predicted, support = (
+        np.asarray(values, dtype=np.float64) for values in (true_positives, predicted, support)
+    )
+    correct, total = true_positives.sum(), support.sum()
     present = support > 0
-    recall = np.diagonal(matrix)[present] / support[present]
+    recall = true_positives[present] / support[present]
     covariance = correct * total - support @ predicted
     variances = (total**2 - predicted @ predicted) * (total**2 - support @ support)
-    expected = np.outer(predicted, support) / total if total else np.zeros_like(matrix)
-    disagreement = 1.0 - np.eye(len(matrix))
-    expected_disagreement = np.sum(disagreement * expected)
+    expected_disagreement = total - (predicted @ support) / total if total else 0.0
     nan = float("nan")
     return {
         "balanced_accuracy": float(recall.mean()) if recall.size else nan,
         "mcc": float(covariance / np.sqrt(variances)) if variances else 0.0,
-        "cohen_kappa": float(1.0 - np.sum(disagreement * matrix) / expected_disagreement)
+        "cohen_kappa": float(1.0 - (total - correct) / expected_disagreement)
         if expected_disagreement
         else nan,
     }
@@ -1084,7 +1244,8 @@ def spread_from_stat_scores(
 def _stat_scores_of(state: ClassificationState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class true positives, predicted and support of a state: all the long-tail scores
     read, so that they need no confusion matrix."""
-    return stat_scores_from_confusion_matrix(state.confusion_matrix)
+    true_positives, predicted, support = state.stat_scores
+    return true_positives, predicted, support
 
 
 def _long_tail_scores(
@@ -1132,6 +1293,9 @@ def classification_scores(
 ) -> dict[str, float | np.ndarray]:
     """Every score the product logs, for one split.
 
+    Precision, recall, F1, their averages and the agreement scores come from the state's
+    per-class ``stat_scores``: a state without a confusion matrix gets the same values.
+
     Args:
         state: the split's :class:`ClassificationState`.
         labels: the class indices to score and average over (default: all).
@@ -1170,8 +1334,8 @@ def classification_scores(
     task = task or ("multilabel" if state.is_multilabel else "multiclass")
 
     def averaged(average):
-        return precision_recall_f1_from_confusion_matrix(
-            state.confusion_matrix, labels=labels, average=average, zero_division=zero_division
+        return precision_recall_f1_from_stat_scores(
+            *state.stat_scores, labels=labels, average=average, zero_division=zero_division
         )
 
     precision, recall, f1, support = averaged(None)
@@ -1194,7 +1358,7 @@ def classification_scores(
         "recall_weighted": recall_weighted,
     }
     if not state.is_multilabel:
-        scores.update(agreement_scores_from_confusion_matrix(state.confusion_matrix))
+        scores.update(agreement_scores_from_stat_scores(*state.stat_scores))
     scores.update(_long_tail_scores(state, labels, zero_division, groups, gmean_correction))
     if state.calibration is not None:
         scores["ece"] = expected_calibration_error(state.calibration)

@@ -51,8 +51,10 @@ def scatter_into(variable: keras.Variable, indices, updates=None, *, add: bool =
 
     ``updates=None`` reads ``variable[indices]``; otherwise ``variable[indices] += updates``
     (``add=True``; repeated indices add up) or ``= updates`` (repeats must carry the same
-    value). Each backend's own sparse ops, so the cost is O(len(indices)), not O(variable
-    size): TensorFlow's resource gather/scatter (on the replica's copy under
+    value). ``indices`` of any shape, ``updates`` of the same: flattening a ``(N, C)`` block
+    of cells first makes XLA recover each cell's row and column by integer division. Each
+    backend's own sparse ops, so the cost is O(len(indices)), not O(variable size):
+    TensorFlow's resource gather/scatter (on the replica's copy under
     ``tf.distribute``; XLA-compatible; a dense read of a variable that is also scattered into
     would copy all of it), JAX's ``.at[]`` (in place when the trainer donates the state, as
     Keras' does), PyTorch's ``index_add_``/``index_copy_``.
@@ -70,10 +72,26 @@ def scatter_into(variable: keras.Variable, indices, updates=None, *, add: bool =
     elif updates is None:
         return ops.take(variable.value, indices)
     elif backend == "jax":
-        cells = variable.value.at[indices]
-        variable.assign(cells.add(updates) if add else cells.set(updates))
+        from jax import lax
+
+        # lax's own scatter, not .at[]: that flattens the indices and wraps negative ones,
+        # two passes that write the cells out (4 ns a cell) before scattering them.
+        scatter = lax.scatter_add if add else lax.scatter
+        variable.assign(
+            scatter(
+                variable.value,
+                ops.expand_dims(indices, -1),
+                updates,
+                lax.ScatterDimensionNumbers(
+                    update_window_dims=(),
+                    inserted_window_dims=(0,),
+                    scatter_dims_to_operand_dims=(0,),
+                ),
+                mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+            )
+        )
     elif backend == "torch":
-        indices = indices.long()
+        indices, updates = indices.reshape(-1).long(), updates.reshape(-1)
         if add:
             variable.value.index_add_(0, indices, updates)
         else:
@@ -97,23 +115,35 @@ def _tf_function(cache: dict[str, Any], method, **options):
     return cache[method.__name__]
 
 
-#: Cells that every batch must touch for TensorFlow to scatter them with XLA (see
-#: ExactCounts.scatter_add): launching XLA costs about 0.1 ms, more than it saves on small
-#: batches (10 classes, batch 32: 0.3 ms without XLA, 0.4 ms with it).
+#: Cells that a batch must touch for TensorFlow to run the update with XLA (see
+#: ClassificationMetrics.update_state): launching XLA costs about 0.1 ms, more than it saves
+#: on small batches.
 XLA_MIN_CELLS = 256
 
 
 class ExactCounts:
-    """Weighted counts in one flat state, kept as a float32 pair, exact far past float32's 2**24.
+    """Counts in one flat state, kept as a float32 pair, exact far past float32's 2**24.
 
     The state is named segments (the confusion matrix, the score histogram, ...) laid end to
     end in two variables, so that a batch is one scatter and an epoch's reset and read are
-    one operation each. ``recent`` receives the updates; after each update, the whole
-    multiples of :attr:`CARRY` in a touched cell move to ``carried``. ``carried`` holds only
-    multiples of 2**12 (exact up to 2**36) and ``recent`` stays below 2**12 plus one batch
-    (integer counts there are exact; fractional weights round as a float32 sum of that much,
-    not of the whole count). A count is ``carried + recent`` in float64 on the host: exact
-    integers up to 2**36 per cell, where a float32 counter stops at 2**24.
+    one operation each. A count is ``carried + recent``, added in float64 on the host:
+    ``recent`` receives the batches, and whole multiples of :attr:`CARRY` (2**12) move from
+    it to ``carried``, which holds only such multiples (exact in float32 up to 2**36), so
+    that ``recent`` stays where float32 is exact. Integer counts are exact up to 2**36 per
+    cell, where a float32 counter stops at 2**24. The move happens one of two ways:
+
+    * Counts (:meth:`scatter_add` with ``rows``: no sample weights, each row adds 0 or 1 to
+      a cell, the batch's row count static): the batch is scatter-added, and the move runs
+      over a window that sweeps the state round (:meth:`_window`), ``ceil(S * rows /
+      SWEEP_ROWS)`` of its ``S`` cells per batch. Every cell is visited again before
+      :attr:`SWEEP_ROWS` (2**22) rows and two batches have reached it, so ``recent`` stays
+      below 2**23. At 100 classes, 200 bins and batches of 4096 that is 50 cells a batch
+      beside the batch's 430,000; moving every touched cell after every batch cost 3-4x
+      the scatter itself (a gather and a scatter per variable over all the batch's cells).
+    * Weighted sums (sample weights, the calibration's confidence sums, and batches whose
+      row count is not static): the touched cells move right after the scatter-add, so
+      ``recent`` stays below 2**12 plus one batch's share of the cell, and fractional
+      weights round as a float32 sum of that much, not of the whole count.
 
     Args:
         metric: the metric that owns the variables.
@@ -121,6 +151,12 @@ class ExactCounts:
     """
 
     CARRY = 2.0**12
+    #: Rows that may reach a cell between two visits of the sweep (see :meth:`_window`).
+    SWEEP_ROWS = 2**22
+    #: Batches of more rows are moved per cell. With at most this many rows a batch, a cell
+    #: holds less than 2**12 + 2**22 + 2**21 + 2**20 < 2**23 between two visits (see
+    #: :meth:`_window`), so a batch moved per cell may add up to 2**23 rows and stay exact.
+    MAX_SWEPT_ROWS = 2**21
     TRANSPOSE_BLOCK = 256
 
     def __init__(self, metric: keras.metrics.Metric, segments: dict[str, tuple[int, ...]]):
@@ -130,65 +166,100 @@ class ExactCounts:
         for name, shape in self.shapes.items():
             self.offsets[name] = size
             size += math.prod(shape)
+        self.size = size
         self.recent = metric.add_variable(
             shape=(size,), initializer="zeros", dtype="float32", name="counts"
         )
         self.carried = metric.add_variable(
             shape=(size,), initializer="zeros", dtype="float32", name="counts_carried"
         )
-        self._compiled: dict[str, Any] = {}  # see scatter_add()
+        # Where the sweep's next window starts.
+        self.cursor = metric.add_variable(
+            shape=(), initializer="zeros", dtype="int32", name="counts_cursor"
+        )
 
     def scatter_add(
         self,
-        cells: dict[str, Any],
-        weights: dict[str, Any],
+        counts: list[list[tuple[str, Any, Any]]],
+        sums: list[tuple[str, Any, Any]] = (),
         *,
-        only_batch_size_varies: bool = False,
+        rows: int | None = None,
     ) -> None:
-        """Add ``weights[name]`` at the flat positions ``cells[name]`` of each segment named
-        (repeats add up): O(number of cells), whatever the segments' sizes.
+        """Add ``weights`` at the flat positions ``cells`` of the segment named, for each
+        part ``(segment, cells, weights)`` (repeats add up; ``weights`` broadcast to
+        ``cells``' shape): O(number of cells), whatever the segments' sizes.
 
-        On TensorFlow, when every batch touches at least :data:`XLA_MIN_CELLS` cells (as far
-        as the static shapes tell: a batch may have one row), the cells are scattered by an
-        XLA-compiled function even in a step that is not compiled with XLA (Keras does not use
-        XLA on CPU): TensorFlow's own scatter kernels take about 60 ns a cell, which made the
-        update of 1000 classes 5x slower than under XLA. XLA compiles once per number of
-        cells, so only when ``only_batch_size_varies`` (the predictions' other dimensions
-        are static): a fit then meets two sizes, its full and its last batch, where
-        sequences of varying length would meet one per length. Under a ``tf.distribute``
-        strategy (where Keras does not use XLA either) the scatters run as they are.
+        ``counts``: groups of parts, one scatter per group; ``sums``: weighted sums, whose
+        cells move right after they are added. ``rows``: the batch's static row count when
+        every count's weight is 0 or 1 and each row adds to a cell at most once (so no cell
+        grows by more than ``rows``): then the state is swept (see the class). Otherwise
+        (``None``: sample weights, or a row count that is not static) every touched cell
+        moves after one scatter of all the parts.
+
+        A scatter per group: XLA computes the cells of a part of its own inside the
+        scatter, where concatenating the ``(N, C)`` histogram cells with the rest wrote
+        them out first (JAX on the CPU, 100 classes, 200 bins, batch 4096: 3.4 against
+        1.3 ms); the parts of one row each are few, and one scatter for them all saves a
+        launch per part on small batches.
         """
-        indices = ops.concatenate(
-            [ops.reshape(self.offsets[n] + ops.cast(c, "int32"), (-1,)) for n, c in cells.items()]
-        )
-        updates = ops.concatenate(
-            [ops.reshape(ops.cast(weights[n], "float32"), (-1,)) for n in cells]
-        )
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
+        if rows is None or rows > self.MAX_SWEPT_ROWS:
+            self._add_and_move(*self._cells([part for group in counts for part in group] + sums))
+            return
+        for group in counts:
+            scatter_into(self.recent, *self._cells(group), add=True)
+        moving = self._window(rows)
+        if sums:
+            cells, weights = self._cells(sums)
+            scatter_into(self.recent, cells, weights, add=True)
+            moving.append(ops.reshape(cells, (-1,)))
+        if moving:
+            # Repeated cells (a sum's in the window) read and write the same values.
+            self._move(ops.concatenate(moving) if len(moving) > 1 else moving[0])
 
-            fewest_cells = sum(math.prod(size or 1 for size in c.shape) for c in cells.values())
-            if (
-                only_batch_size_varies
-                and fewest_cells >= XLA_MIN_CELLS
-                and not tf.distribute.has_strategy()
-            ):
-                # reduce_retracing: one trace for every batch size (XLA compiles each size).
-                compiled = _tf_function(
-                    self._compiled, self._add, jit_compile=True, reduce_retracing=True
-                )
-                compiled(indices, updates)
-                return
-        self._add(indices, updates)
+    def _cells(self, parts: list[tuple[str, Any, Any]]):
+        """The parts' flat state positions and float32 weights: in the part's own shape when
+        there is one part, else flattened and concatenated."""
+        cells = [self.offsets[name] + ops.cast(part, "int32") for name, part, _ in parts]
+        weights = [
+            ops.cast(ops.broadcast_to(part, ops.shape(c)), "float32")
+            for c, (*_, part) in zip(cells, parts, strict=True)
+        ]
+        if len(parts) == 1:
+            return cells[0], weights[0]
+        return (
+            ops.concatenate([ops.reshape(c, (-1,)) for c in cells]),
+            ops.concatenate([ops.reshape(w, (-1,)) for w in weights]),
+        )
 
-    def _add(self, indices, updates) -> None:
+    def _window(self, rows: int) -> list:
+        """The next ``ceil(S * rows / SWEEP_ROWS)`` cells round the state from the cursor, to
+        move after this batch's counts (``[]`` or one array), and the cursor past them.
+
+        A batch of ``n`` rows moves ``L >= S * n / SWEEP_ROWS`` cells after adding its own.
+        Windows tile the state in order, so from a batch whose window holds a cell to the
+        next one whose window does, the windows of the batches after the first (the last
+        included) cover fewer than ``S`` plus the last window's cells: the rows they add to
+        the cell are fewer than ``SWEEP_ROWS + n_last + SWEEP_ROWS / S`` (``S >= 4``: below
+        2**22 + 2**21 + 2**20).
+        """
+        window = min(self.size, math.ceil(self.size * rows / self.SWEEP_ROWS))
+        if not window:
+            return []
+        cursor = ops.convert_to_tensor(self.cursor.value)  # one read for the window and the step
+        self.cursor.assign((cursor + window) % self.size)
+        return [(cursor + ops.arange(window, dtype="int32")) % self.size]
+
+    def _add_and_move(self, indices, updates) -> None:
         scatter_into(self.recent, indices, updates, add=True)
-        recent = scatter_into(self.recent, indices)
-        moved = ops.floor(recent / self.CARRY) * self.CARRY
         # Repeated cells read and write the same values: the move happens once per cell.
-        carried = scatter_into(self.carried, indices)
-        scatter_into(self.recent, indices, recent - moved)
-        scatter_into(self.carried, indices, carried + moved)
+        self._move(indices)
+
+    def _move(self, cells) -> None:
+        recent = scatter_into(self.recent, cells)
+        moved = ops.floor(recent / self.CARRY) * self.CARRY
+        carried = scatter_into(self.carried, cells)
+        scatter_into(self.recent, cells, recent - moved)
+        scatter_into(self.carried, cells, carried + moved)
 
     def read(self, name: str):
         """One segment on the device (float32, in its shape), read sparsely: O(its size)."""
@@ -199,7 +270,7 @@ class ExactCounts:
         return ops.reshape(total, self.shapes[name])
 
     def reset(self) -> None:
-        for variable in (self.recent, self.carried):
+        for variable in (self.recent, self.carried, self.cursor):
             variable.assign(ops.zeros(variable.shape, dtype=variable.dtype))
 
     def to_numpy(self, axes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
@@ -230,25 +301,46 @@ class ExactCounts:
         return segments
 
 
-# -- format: one function per task, (y_true, scores) -> (labels, predicted, valid) -------------
+def _first_argmax(x, maximum=None):
+    """``ops.argmax(x, axis=-1)`` (the first largest) as a max, a compare and a min, given
+    ``maximum = ops.max(x, axis=-1)`` if it is at hand. XLA's CPU argmax (a reduction over
+    value-index pairs) is not vectorised: at 100 classes, batch 4096 it was 2.3 ms of a
+    2.9 ms update under JAX. A row without a largest value (NaN) gets the last index."""
+    if maximum is None:
+        maximum = ops.max(x, axis=-1)
+    width = x.shape[-1]
+    # In float32 (exact below 2**24 classes): XLA vectorises a float min, not an int one.
+    index = ops.arange(width, dtype="float32")
+    first = ops.min(ops.where(x == ops.expand_dims(maximum, -1), index, width), axis=-1)
+    return ops.cast(ops.minimum(first, width - 1), "int32")
+
+
+# -- format: one function per task, (y_true, scores) -> (labels, predicted, valid, top) -------
 # Multiclass and binary give one class index per row, multilabel a 0/1 per row and class.
+# ``top`` is (top-label index, its score) per row, what the calibration counts need (None for
+# multilabel).
 def _format_multiclass(y_true, scores, threshold):
     """Argmax decision; labels are class indices or one-hot rows."""
     num_classes = scores.shape[-1]
     if len(y_true.shape) == len(scores.shape) and y_true.shape[-1] == num_classes:
-        labels = ops.argmax(y_true, axis=-1)
+        labels = _first_argmax(y_true)
     else:
         labels = ops.reshape(y_true, ops.shape(scores)[:-1])
     labels = ops.cast(labels, "int32")
     valid = ops.logical_and(labels >= 0, labels < num_classes)
-    return ops.where(valid, labels, 0), ops.cast(ops.argmax(scores, axis=-1), "int32"), valid
+    confidence = ops.max(scores, axis=-1)
+    predicted = _first_argmax(scores, confidence)
+    return ops.where(valid, labels, 0), predicted, valid, (predicted, confidence)
 
 
 def _format_binary(y_true, scores, threshold):
     """One sigmoid unit (``scores`` holds both classes): class 1 above ``threshold``."""
     labels = ops.cast(ops.reshape(y_true, ops.shape(scores)[:-1]), "int32")
     valid = ops.logical_or(labels == 0, labels == 1)
-    return ops.where(valid, labels, 0), ops.cast(scores[..., 1] > threshold, "int32"), valid
+    negative, positive = scores[..., 0], scores[..., 1]
+    # The first largest of (1 - p, p), as argmax would pick it.
+    top = (ops.cast(positive > negative, "int32"), ops.maximum(negative, positive))
+    return ops.where(valid, labels, 0), ops.cast(positive > threshold, "int32"), valid, top
 
 
 def _format_multilabel(y_true, scores, threshold):
@@ -256,7 +348,7 @@ def _format_multilabel(y_true, scores, threshold):
     labels = ops.cast(ops.reshape(y_true, ops.shape(scores)), "int32")
     valid = ops.all(ops.logical_or(labels == 0, labels == 1), axis=-1)
     labels = ops.where(ops.expand_dims(valid, -1), labels, 0)
-    return labels, ops.cast(scores > threshold, "int32"), valid
+    return labels, ops.cast(scores > threshold, "int32"), valid, None
 
 
 _FORMATTERS = {
@@ -290,15 +382,25 @@ def _weights_like(sample_weight, mask, shape):
 class ClassificationMetrics(keras.metrics.Metric):
     """Exact epoch-level per-class precision, recall, F1 and PR curves for Keras models.
 
-    The metric keeps a ``(C, C)`` confusion matrix (``(C, 2, 2)`` for multilabel) and, with
-    ``pr_thresholds > 0``, per-class histograms of the scores of positive and negative samples
-    (PR and ROC curves, AP, ROC AUC, reliability curves, decision thresholds) and, for
-    multiclass and binary, the top-label calibration counts that expected calibration error
-    needs (15 bins, O(N) per batch).
+    The metric keeps per-class counts ``[true positives, predicted, support]``, a ``(C, C)``
+    confusion matrix while ``C`` is at most
+    :data:`~.functional.DENSE_CONFUSION_MATRIX_MAX_CLASSES` (``(C, 2, 2)`` for multilabel,
+    always) and, with ``pr_thresholds > 0``, per-class histograms of the scores of positive
+    and negative samples (PR and ROC curves, AP, ROC AUC, reliability curves, decision
+    thresholds) and, for multiclass and binary, the top-label calibration counts that
+    expected calibration error needs (15 bins, O(N) per batch).
     An update costs O(N * C) whatever the number of bins: it adds only to the cells the batch
-    touches. ``result()`` is the macro F1 (O(C), from per-class counts kept beside the matrix),
-    so ``val_f1_macro`` works with ``EarlyStopping`` and ``ModelCheckpoint``; the callback
+    touches. ``result()`` is the macro F1 (O(C), from the per-class counts), so
+    ``val_f1_macro`` works with ``EarlyStopping`` and ``ModelCheckpoint``; the callback
     (:class:`mlflow_mcmetrics.MCMetricsCallback`) turns the full state into per-class values.
+
+    By default the state fits in 256 MiB (:data:`~.functional.STATE_BUDGET_BYTES`) up to far
+    beyond 10,000 classes: no dense confusion matrix past 4096 classes (precision, recall,
+    F1, balanced accuracy, MCC and Cohen's kappa stay exact: they need only the per-class
+    counts; which classes are confused with which is given up), and fewer score bins past
+    2,997 classes (:func:`~.functional.default_pr_thresholds`: 1024 at 10,000 classes,
+    coarser curves whose AP tie interval says so). At 10,000 classes the default state is
+    164 MB, where the dense matrix and 4096 bins took 1,455 MB.
 
     Args:
         num_classes: output width ``C``; for ``task="binary"`` (one sigmoid unit) pass 2.
@@ -311,9 +413,16 @@ class ClassificationMetrics(keras.metrics.Metric):
             also left out of the averages. Masked timesteps (``mask_zero=True``) are always
             left out.
         pr_thresholds: number of score bins per class for PR and ROC curves, reliability
-            curves and decision thresholds (and the calibration counts); 0 turns them off.
+            curves and decision thresholds (and the calibration counts); 0 turns them off;
+            ``"auto"`` chooses them from ``C`` (:func:`~.functional.default_pr_thresholds`:
+            4096 up to 2,997 classes). The attribute holds the number chosen.
         zero_division: value of an undefined precision/recall/F1 (0.0, 1.0 or NaN).
         name: metric name; the logs get ``name`` and ``val_`` + ``name``.
+        confusion_matrix: keep the dense ``(C, C)`` matrix (``True``), not (``False``: the
+            state's ``confusion_matrix`` is ``None``), or ``"auto"``: up to
+            :data:`~.functional.DENSE_CONFUSION_MATRIX_MAX_CLASSES` classes. A multilabel
+            state always keeps its ``(C, 2, 2)``, which is O(C). The attribute holds the
+            choice made.
 
     Counts are exact integers up to 2**36 per cell and epoch (:class:`ExactCounts`).
 
@@ -331,10 +440,12 @@ class ClassificationMetrics(keras.metrics.Metric):
         from_logits: bool = False,
         threshold: float = 0.5,
         ignore_class: int | None = None,
-        pr_thresholds: int = DEFAULT_PR_THRESHOLDS,
+        pr_thresholds: int | str = "auto",
         zero_division: float = 0.0,
         name: str = "f1_macro",
         dtype=None,
+        *,
+        confusion_matrix: bool | str = "auto",
     ):
         super().__init__(name=name, dtype=dtype)
         if type(self) is ClassificationMetrics:
@@ -348,26 +459,39 @@ class ClassificationMetrics(keras.metrics.Metric):
             ignore_class=ignore_class,
             pr_thresholds=pr_thresholds,
             zero_division=zero_division,
+            confusion_matrix=confusion_matrix,
         )
         self.num_classes = int(num_classes)
         self.task = task
         self.from_logits = bool(from_logits)
         self.threshold = float(threshold)
         self.ignore_class = ignore_class
-        self.pr_thresholds = int(pr_thresholds)
         self.zero_division = float(zero_division)
+        self.confusion_matrix = task == "multilabel" or (
+            functional.dense_confusion_matrix_by_default(self.num_classes, task)
+            if confusion_matrix == "auto"
+            else bool(confusion_matrix)
+        )
+        self.pr_thresholds = (
+            functional.default_pr_thresholds(
+                self.num_classes, task, confusion_matrix=self.confusion_matrix
+            )
+            if pr_thresholds == "auto"
+            else int(pr_thresholds)
+        )
 
         num_classes = self.num_classes
-        segments = {
-            "confusion_matrix": (num_classes, 2, 2)
-            if task == "multilabel"
-            else (num_classes, num_classes),
-            # [labels outside the valid range, predictions with NaN/inf], both left out.
-            "rejected": (2,),
-        }
+        segments: dict[str, tuple[int, ...]] = {}
+        if task == "multilabel":
+            segments["confusion_matrix"] = (num_classes, 2, 2)
+        elif self.confusion_matrix:
+            segments["confusion_matrix"] = (num_classes, num_classes)
+        # [labels outside the valid range, predictions with NaN/inf], both left out.
+        segments["rejected"] = (2,)
         if task != "multilabel":
             # [true positives, predicted, support] per class, so that result() is O(C) every
-            # step (a multilabel confusion matrix is O(C) already and holds them).
+            # step (a multilabel confusion matrix is O(C) already and holds them), and all a
+            # state without a confusion matrix keeps.
             segments["stat_scores"] = (3, num_classes)
         if self.pr_thresholds:
             # Bins before classes, unlike functional's (2, C, T): a batch's scores bunch in a
@@ -377,12 +501,12 @@ class ClassificationMetrics(keras.metrics.Metric):
                 # [count, correct, confidence sum] per top-label confidence bin: exact ECE.
                 segments["calibration"] = (3, functional.CALIBRATION_BINS)
         self._counts = ExactCounts(self, segments)
-        self._compiled: dict[str, Any] = {}  # see _eagerly_compiled()
+        self._compiled: dict[str, Any] = {}  # see update_state() and _eagerly_compiled()
 
-    def _format(self, y_true, y_pred, sample_weight):
+    def _format(self, y_true, y_pred, sample_weight, mask):
         """Any supported layout (sparse/one-hot/multilabel labels, sequences, masks) -> flat
-        ``(labels, predicted, scores, weights, rejected)``, one row per sample (per timestep)."""
-        mask = get_keras_mask(y_pred)
+        ``(labels, predicted, scores, weights, rejected, top)``, one row per sample (per
+        timestep); ``top``: the rows' top-label index and score (not multilabel)."""
         y_pred = ops.convert_to_tensor(y_pred)
         y_true = ops.convert_to_tensor(y_true)
         width = 1 if self.task == "binary" else self.num_classes
@@ -399,9 +523,11 @@ class ClassificationMetrics(keras.metrics.Metric):
             )
         if self.task == "binary":
             scores = ops.concatenate([1.0 - scores, scores], axis=-1)
-        finite = ops.all(ops.isfinite(scores), axis=-1)
-        scores = ops.where(ops.expand_dims(finite, -1), scores, 0.0)
-        labels, predicted, valid = _FORMATTERS[self.task](y_true, scores, self.threshold)
+        # A row holding NaN or +-inf has a sum that is not finite (probabilities cannot
+        # overflow it). Its scores are not zeroed: they get weight 0, and their bins and
+        # argmax are clipped into range, which spares a pass that rewrote the scores.
+        finite = ops.isfinite(ops.sum(scores, axis=-1))
+        labels, predicted, valid, top = _FORMATTERS[self.task](y_true, scores, self.threshold)
         if self.ignore_class is not None:
             weights = weights * ops.cast(
                 ops.logical_or(ops.logical_not(valid), labels != self.ignore_class), "float32"
@@ -415,72 +541,117 @@ class ClassificationMetrics(keras.metrics.Metric):
         weights = weights * ops.cast(ops.logical_and(valid, finite), "float32")
         per_class = self.task == "multilabel"
 
-        def rows(x, classes_axis):
+        def rows(x, classes_axis=False):
             return ops.reshape(x, (-1, self.num_classes) if classes_axis else (-1,))
 
+        if top is not None:
+            index, score = top
+            top = (rows(index), rows(ops.where(finite, score, 0.0)))
         return (
             rows(labels, per_class),
             rows(predicted, per_class),
             rows(scores, True),
-            ops.reshape(weights, (-1,)),
+            rows(weights),
             rejected,
+            top,
         )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        labels, predicted, scores, weights, rejected = self._format(y_true, y_pred, sample_weight)
+        """Add a batch: every cell it touches in one scatter (two without sample weights:
+        the counts, and the 15 calibration bins' confidence sums).
+
+        On TensorFlow, when a batch touches at least :data:`XLA_MIN_CELLS` cells (as far as
+        the static shapes tell: a batch may have one row), the update runs as one
+        XLA-compiled function even in a step that is not compiled with XLA (Keras does not
+        use XLA on CPU): TensorFlow's own scatter kernels take about 60 ns a cell (the
+        update of 1000 classes was 5x slower than under XLA), and XLA fuses the N x C work
+        (bins, cells, weights) into the pass that scatters. XLA compiles once per shape, so
+        only when the predictions' dimensions other than the batch are static (a fit meets
+        two sizes, its full and its last batch, where sequences of varying length would
+        meet one per length), and not under a ``tf.distribute`` strategy (where Keras does
+        not use XLA either).
+        """
+        mask = get_keras_mask(y_pred)
+        # The static shape as given (a list has none): converting again would copy the batch.
+        shape = tuple(y_pred.shape) if hasattr(y_pred, "shape") else np.shape(y_pred)
+        update = self._update
+        if keras.backend.backend() == "tensorflow" and None not in shape[1:-1]:
+            import tensorflow as tf
+
+            per_row = (self.num_classes if self.pr_thresholds else 0) + 7
+            fewest_rows = math.prod(size or 1 for size in shape[:-1])
+            if fewest_rows * per_row >= XLA_MIN_CELLS and not tf.distribute.has_strategy():
+                # reduce_retracing: one trace for every batch size (XLA compiles each size).
+                update = _tf_function(
+                    self._compiled, self._update, jit_compile=True, reduce_retracing=True
+                )
+        update(y_true, y_pred, sample_weight, mask)
+
+    def _update(self, y_true, y_pred, sample_weight, mask):
+        labels, predicted, scores, weights, rejected, top = self._format(
+            y_true, y_pred, sample_weight, mask
+        )
+        # Without sample weights every weight is 0 or 1 (masks, ignore_class, invalid rows):
+        # counts, swept rather than moved per cell (ExactCounts) when their number is static.
+        counting = sample_weight is None
+        rows = weights.shape[0] if counting else None
         num_classes = self.num_classes
         classes = ops.arange(num_classes, dtype="int32")
         row_weights = ops.expand_dims(weights, -1)
+        # (segment, cells, weights): the (R, C) blocks a scatter each, the few cells of each
+        # row one scatter together (ExactCounts.scatter_add), the weighted sums apart.
+        blocks, per_row, sums = [], [], []
         if self.task == "multilabel":
             # labels, predicted: (R, C) 0/1
-            class_weights = ops.broadcast_to(row_weights, ops.shape(labels))
-            cells = {"confusion_matrix": classes * 4 + labels * 2 + predicted}
-            cell_weights = {"confusion_matrix": class_weights}
+            blocks.append(("confusion_matrix", classes * 4 + labels * 2 + predicted, row_weights))
             positive = labels
         else:
             # labels, predicted: (R,) class indices
-            cells = {
-                "confusion_matrix": labels * num_classes + predicted,
-                "stat_scores": ops.stack(
-                    [labels, num_classes + predicted, 2 * num_classes + labels]
-                ),
-            }
-            cell_weights = {
-                "confusion_matrix": weights,
-                "stat_scores": ops.stack(
-                    [weights * ops.cast(labels == predicted, "float32"), weights, weights]
-                ),
-            }
+            correct = ops.cast(labels == predicted, "float32")
+            if self.confusion_matrix:
+                per_row.append(("confusion_matrix", labels * num_classes + predicted, weights))
+            per_row.append(
+                (
+                    "stat_scores",
+                    ops.stack([labels, num_classes + predicted, 2 * num_classes + labels]),
+                    ops.stack([weights * correct, weights, weights]),
+                )
+            )
             positive = ops.cast(ops.expand_dims(labels, -1) == classes, "int32")
-        cells["rejected"] = ops.arange(2, dtype="int32")
-        cell_weights["rejected"] = rejected
+        per_row.append(("rejected", ops.arange(2, dtype="int32"), rejected))
         if self.pr_thresholds:
             num_bins = self.pr_thresholds
             bins = _score_bins(scores, num_bins)
-            cells["score_histogram"] = (positive * num_bins + bins) * num_classes + classes
-            cell_weights["score_histogram"] = ops.broadcast_to(row_weights, ops.shape(bins))
-            if self.task != "multilabel":
-                cells["calibration"], cell_weights["calibration"] = self._calibration_cells(
-                    labels, scores, weights
-                )
-        # The static shape as given (a list has none): converting again would copy the batch.
-        shape = tuple(y_pred.shape) if hasattr(y_pred, "shape") else np.shape(y_pred)
-        self._counts.scatter_add(
-            cells, cell_weights, only_batch_size_varies=None not in shape[1:-1]
-        )
+            cells = (positive * num_bins + bins) * num_classes + classes
+            blocks.append(("score_histogram", cells, row_weights))
+            if top is not None:
+                counts, confidence_sums = self._calibration_parts(labels, top, weights, counting)
+                per_row += counts
+                sums += confidence_sums
+        self._counts.scatter_add([[block] for block in blocks] + [per_row], sums, rows=rows)
 
     @staticmethod
-    def _calibration_cells(labels, scores, weights):
-        """Cells and weights of :func:`functional.calibration_state`: the top-label confidence
-        of each row, whether its argmax is right, in ``CALIBRATION_BINS`` equal-width bins."""
+    def _calibration_parts(labels, top, weights, counting):
+        """The parts of :func:`functional.calibration_state` for the top-label confidence of
+        each row in ``CALIBRATION_BINS`` equal-width bins: ``(counts, sums)``, the count and
+        correct count (whether the argmax is right) per bin, and the confidence sums. When
+        ``counting``, the sums are added up per bin first, so that their carry touches 15
+        cells instead of one per row."""
         num_bins = functional.CALIBRATION_BINS
-        confidence = ops.max(scores, axis=-1)
-        correct = ops.cast(ops.cast(ops.argmax(scores, axis=-1), "int32") == labels, "float32")
+        index, confidence = top
+        correct = ops.cast(index == labels, "float32")
         bins = _score_bins(confidence, num_bins)
-        return (
-            ops.stack([bins, num_bins + bins, 2 * num_bins + bins]),
-            ops.stack([weights, weights * correct, weights * confidence]),
-        )
+        counts = [
+            (
+                "calibration",
+                ops.stack([bins, num_bins + bins]),
+                ops.stack([weights, weights * correct]),
+            )
+        ]
+        if counting:
+            per_bin = ops.segment_sum(weights * confidence, bins, num_segments=num_bins)
+            return counts, [("calibration", 2 * num_bins + ops.arange(num_bins), per_bin)]
+        return counts, [("calibration", 2 * num_bins + bins, weights * confidence)]
 
     @property
     def scored_labels(self) -> list[int]:
@@ -536,10 +707,12 @@ class ClassificationMetrics(keras.metrics.Metric):
         """
         # The histogram is kept bins before classes (see __init__); functional's is (2, C, T).
         segments = self._counts.to_numpy(axes={"score_histogram": (0, 2, 1)})
+        matrix = segments.get("confusion_matrix")
         state = ClassificationState(
-            segments["confusion_matrix"],
+            matrix,
             segments.get("score_histogram"),
             segments.get("calibration"),
+            stat_scores=segments["stat_scores"] if matrix is None else None,
         )
         return state, segments["rejected"]
 
@@ -553,6 +726,7 @@ class ClassificationMetrics(keras.metrics.Metric):
             "ignore_class": self.ignore_class,
             "pr_thresholds": self.pr_thresholds,
             "zero_division": self.zero_division,
+            "confusion_matrix": self.confusion_matrix,
         }
 
 

@@ -47,9 +47,19 @@ def _check_threshold(threshold: Any) -> None:
 
 
 def _check_pr_thresholds(pr_thresholds: Any) -> None:
+    if pr_thresholds == "auto":
+        return
     if not (_is_integer(pr_thresholds) and pr_thresholds >= 0):
         raise ValueError(
-            f"pr_thresholds must be >= 0 (0 turns PR curves off), got {pr_thresholds!r}."
+            "pr_thresholds must be 'auto' (chosen from the number of classes) or >= 0 "
+            f"(0 turns PR curves off), got {pr_thresholds!r}."
+        )
+
+
+def _check_confusion_matrix(confusion_matrix: Any) -> None:
+    if not (confusion_matrix == "auto" or isinstance(confusion_matrix, bool)):
+        raise ValueError(
+            f"confusion_matrix must be True, False or 'auto', got {confusion_matrix!r}."
         )
 
 
@@ -74,6 +84,7 @@ _SINGLE_RULES = {
     "task": _check_task,
     "threshold": _check_threshold,
     "pr_thresholds": _check_pr_thresholds,
+    "confusion_matrix": _check_confusion_matrix,
     "zero_division": _check_zero_division,
     "log_every_n_epochs": _check_log_every_n_epochs,
 }
@@ -92,7 +103,9 @@ def check_arguments(*, allow_auto_task: bool = False, **arguments: Any) -> None:
         num_classes: ``C`` >= 2 (exactly 2 for ``binary``; >= 1 for ``multilabel``).
         threshold: decision threshold of ``binary`` and ``multilabel`` tasks, in (0, 1).
         ignore_class: a class index of a ``multiclass`` or ``binary`` task, or None.
-        pr_thresholds: score bins per class, >= 0.
+        pr_thresholds: score bins per class, >= 0, or ``"auto"`` (chosen from the number of
+            classes by the Keras metric).
+        confusion_matrix: ``True``, ``False`` or ``"auto"``.
         zero_division: 0.0, 1.0 or NaN.
         log_every_n_epochs: ``"auto"`` or an integer >= 1.
     """
