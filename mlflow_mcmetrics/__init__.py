@@ -22,7 +22,8 @@ _LAZY = {
     "ClassificationMetrics": "mlflow_mcmetrics.metrics",
     "MCMetricsCallback": "mlflow_mcmetrics.callback",
     "MCMetricsWarning": "mlflow_mcmetrics.events",
-    "flush": "mlflow_mcmetrics.outbox",
+    "flush": "mlflow_mcmetrics.sender",
+    "per_class_history": "mlflow_mcmetrics.logger",
 }
 
 __all__ = [*_LAZY, "functional", "__version__"]
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
     from mlflow_mcmetrics.autologging import autolog as autolog
     from mlflow_mcmetrics.callback import MCMetricsCallback as MCMetricsCallback
     from mlflow_mcmetrics.events import MCMetricsWarning as MCMetricsWarning
+    from mlflow_mcmetrics.logger import per_class_history as per_class_history
     from mlflow_mcmetrics.metrics import ClassificationMetrics as ClassificationMetrics
-    from mlflow_mcmetrics.outbox import flush as flush
+    from mlflow_mcmetrics.sender import flush as flush
 
 
 def __getattr__(name: str):

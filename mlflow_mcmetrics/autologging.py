@@ -20,7 +20,7 @@ from mlflow.utils.autologging_utils import autologging_integration, autologging_
 from mlflow.utils.import_hooks import register_post_import_hook
 
 from mlflow_mcmetrics.events import logger
-from mlflow_mcmetrics.functional import DEFAULT_PR_THRESHOLDS
+from mlflow_mcmetrics.functional import SHOT_THRESHOLDS
 from mlflow_mcmetrics.validation import check_arguments
 
 __all__ = ["INTEGRATION_NAME", "TESTED_VERSIONS", "autolog"]
@@ -67,10 +67,13 @@ def autolog(
     log_train: bool = True,
     confusion_matrix: bool = True,
     pr_curves: bool = True,
-    pr_thresholds: int = DEFAULT_PR_THRESHOLDS,
+    pr_thresholds: int | str = "auto",
     log_every_n_epochs: int | str = "auto",
     wait_for_figures: bool = True,
     zero_division: float = 0.0,
+    class_keys: str | Sequence[str] = "auto",
+    shot_thresholds: tuple[float, float] = SHOT_THRESHOLDS,
+    class_counts: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
     weighted_metrics: bool = False,
     disable: bool = False,
     exclusive: bool = False,
@@ -101,7 +104,8 @@ def autolog(
         pr_curves: accumulate score histograms (and calibration counts) and log what they
             give: average precision, ROC AUC, ECE, decision thresholds, and the PR, ROC and
             reliability curves. ``False`` turns all of these off.
-        pr_thresholds: score bins per class of those histograms.
+        pr_thresholds: score bins per class of those histograms; ``"auto"``: 4096, fewer
+            beyond 2,997 classes so that the state stays within 256 MB (1024 at 10,000).
         log_every_n_epochs: artifact frequency: every n-th epoch, or ``"auto"`` (the first
             epoch ending 30 s or more after training started or after the previous artifacts,
             and the last; step metrics are logged every epoch).
@@ -110,6 +114,15 @@ def autolog(
             less per fit at 10 classes); ``mlflow_mcmetrics.flush()`` and the interpreter's
             exit wait for them.
         zero_division: value of undefined precision/recall/F1 (0.0, 1.0 or NaN).
+        class_keys: which classes get per-class step metrics: ``"auto"`` (precision, recall
+            and F1 of every class up to 100 classes, none beyond), ``"all"`` (every per-class
+            family, AP and ROC AUC too) or a list of class names to watch. Every per-class
+            value is in the per-class tables, ``per_class_history(run_id)`` and the dashboard.
+        shot_thresholds: ``(low, high)`` training samples per class: few-shot below ``low``,
+            many-shot above ``high`` (the long-tail groups' scores ``f1_few`` & co.).
+        class_counts: the training samples per class of your data, for those groups (give
+            them when a sampler resamples the training stream); default: the first epoch's
+            training split.
         weighted_metrics: count each sample with its ``sample_weight`` (and ``class_weight``),
             as Keras' ``compile(weighted_metrics=...)`` does. By default samples are counted,
             as Keras' ``metrics=`` do: weights shape the loss, not the logged counts.
@@ -123,6 +136,10 @@ def autolog(
     if disable:
         return
     # Checked now, so that a wrong argument fails here rather than at the next fit().
+    if not (class_keys in ("auto", "all") or isinstance(class_keys, (list, tuple))):
+        raise ValueError(
+            f"class_keys must be 'auto', 'all' or a list of class names, got {class_keys!r}."
+        )
     check_arguments(
         allow_auto_task=True,
         task=task,

@@ -13,9 +13,9 @@ terminal or a signal to the process group reaches the training process, which fi
 run, and not the child it still needs for that; a child exits when its stdin closes, so it
 never outlives the training process.
 
-Requests and replies are pickled, length-prefixed. Users of :class:`ChildProcess` fall back to
-doing the work in-process when the child fails: a child is an optimisation, never a way to
-lose a record or an image.
+Requests and replies are pickled, length-prefixed. :class:`ChildPool` falls back to doing the
+work in this process when a child fails: a child is an optimisation, never a way to lose an
+image.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import contextlib
 import importlib
 import os
 import pickle
+import queue
 import select
 import struct
 import subprocess
@@ -32,7 +33,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
-__all__ = ["ChildFailed", "ChildProcess"]
+from mlflow_mcmetrics.events import warn
+
+__all__ = ["ChildFailed", "ChildPool", "ChildProcess"]
 
 _LENGTH = struct.Struct("!Q")
 
@@ -144,6 +147,58 @@ class ChildProcess:
         except OSError:
             process.kill()
         process.stdout.close()  # nothing more is read from it
+
+
+class ChildPool:
+    """``processes`` :class:`ChildProcess` es serving ``handler``, one request per child at a
+    time; the work is done here when a child cannot run (with one warning).
+
+    Args:
+        handler: ``"module:function"``.
+        niceness: how much the children lower their priority.
+        preload: modules the children import ahead of their first request.
+        processes: the most children working at once.
+        what: what the children do, for the warning.
+    """
+
+    def __init__(
+        self, handler: str, niceness: int, preload: Sequence[str], processes: int, what: str
+    ):
+        self.handler, self.what = handler, what
+        self._children = [ChildProcess(handler, niceness, preload) for _ in range(processes)]
+        # Last in, first out: one calling thread keeps using the first child only.
+        self._idle: queue.LifoQueue[ChildProcess] = queue.LifoQueue()
+        for child in reversed(self._children):
+            self._idle.put(child)
+        self._broken = False
+
+    def start(self, processes: int = 1) -> None:
+        """Start the first ``processes`` children now (their imports overlap the caller's
+        work)."""
+        for child in self._children[:processes]:
+            with contextlib.suppress(ChildFailed):
+                child.start()  # call() tries again, falls back and says so
+
+    def call(self, request) -> Any:
+        """The handler's reply to ``request``, from a child if one can run, else from here."""
+        if not self._broken:
+            child = self._idle.get()
+            try:
+                return child.request(request)
+            except ChildFailed as error:
+                first, self._broken = not self._broken, True
+                if first:
+                    warn(
+                        f"mlflow_mcmetrics {self.what} in this process: its child failed ({error})."
+                    )
+            finally:
+                self._idle.put(child)
+        module, _, function = self.handler.partition(":")
+        return getattr(importlib.import_module(module), function)(request)
+
+    def close(self) -> None:
+        for child in self._children:
+            child.close()
 
 
 def serve(handle: Callable[[Any], Any]) -> None:

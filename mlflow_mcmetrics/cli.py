@@ -545,13 +545,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "compare":
             compare_experiment(args.experiment, args.output, args.group_by)
         elif args.command == "sync":
-            from mlflow_mcmetrics.outbox import sync
+            from mlflow_mcmetrics.sender import sync
 
             delivered = sync(args.tracking_uri, args.spool_dir)
             for run_id, count in delivered.items():
                 print(f"run {run_id}: {count} record(s) delivered")
             if not delivered:
-                from mlflow_mcmetrics.outbox import spool_dirs
+                from mlflow_mcmetrics.journal import spool_dirs
 
                 folders = [args.spool_dir] if args.spool_dir else spool_dirs()
                 print(f"nothing to send in {', '.join(map(str, folders))}")

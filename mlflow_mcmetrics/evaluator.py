@@ -39,7 +39,7 @@ from mlflow.models.evaluation.artifacts import (
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 from scipy.special import expit, softmax
 
-from mlflow_mcmetrics import functional, plots, report
+from mlflow_mcmetrics import artifacts, functional, plots, report
 from mlflow_mcmetrics.naming import class_key_components
 from mlflow_mcmetrics.validation import check_arguments
 
@@ -250,43 +250,31 @@ def _state(config: EvaluatorConfig, predicted: _Predictions, y_true: np.ndarray,
 
 
 def _log_artifacts(client, run_id, config, state, scores, class_names, class_keys) -> dict:
-    """``mcmetrics/labels.json`` and ``mcmetrics/{split}/...``; returns the EvaluationResult's
-    artifacts, keyed by file name."""
+    """``mcmetrics/labels.json`` and ``mcmetrics/{split}/...`` (the files of
+    :mod:`mlflow_mcmetrics.artifacts`, as the training path writes them); returns the
+    EvaluationResult's artifacts, keyed by file name."""
     folder = f"{report.ARTIFACT_DIR}/{config.split}"
     artifact_uri = client.get_run(run_id).info.artifact_uri
     labels = list(range(len(class_names)))
-    document = report.classification_report(
-        state, class_names, labels=labels, zero_division=config.zero_division, scores=scores
-    )
-    document["split"] = config.split
+    options = dict(split=config.split, epoch=None)
     texts = {
-        "confusion_matrix.json": json.dumps(
-            report.confusion_matrix_payload(state, class_names, None, config.split)
-        ),
-        "classification_report.json": report.to_json(document),
-        "classification_report.md": report.to_markdown(
-            document, title=f"Classification report — {config.split}"
+        **artifacts.split_files(state, scores, class_names, labels, **options),
+        **artifacts.report_files(
+            state, scores, class_names, labels, zero_division=config.zero_division, **options
         ),
     }
-    if state.score_histogram is not None:
-        for stem, payload in report.CURVE_PAYLOADS.items():
-            texts[f"{stem}.json"] = json.dumps(payload(state, class_names, labels, scores))
-    if "threshold" in scores:
-        texts["thresholds.json"] = json.dumps(
-            report.thresholds_payload(class_names, scores, None, config.split), indent=2
-        )
     client.log_text(
         run_id,
         json.dumps(report.labels_payload(class_names, class_keys), indent=2),
         f"{report.ARTIFACT_DIR}/labels.json",
     )
-    artifacts = {}
+    logged = {}
     for file_name, text in texts.items():
         client.log_text(run_id, text, f"{folder}/{file_name}")
         artifact_class = (
             JsonEvaluationArtifact if file_name.endswith(".json") else TextEvaluationArtifact
         )
-        artifacts[file_name] = artifact_class(uri=f"{artifact_uri}/{folder}/{file_name}")
+        logged[file_name] = artifact_class(uri=f"{artifact_uri}/{folder}/{file_name}")
     figures = plots.plot_state(
         state, scores, class_names, labels, zero_division=config.zero_division, title=config.split
     )
@@ -296,7 +284,5 @@ def _log_artifacts(client, run_id, config, state, scores, class_names, class_key
         )
     for stem, figure in figures.items():
         client.log_figure(run_id, figure, f"{folder}/{stem}.png")
-        artifacts[f"{stem}.png"] = ImageEvaluationArtifact(
-            uri=f"{artifact_uri}/{folder}/{stem}.png"
-        )
-    return artifacts
+        logged[f"{stem}.png"] = ImageEvaluationArtifact(uri=f"{artifact_uri}/{folder}/{stem}.png")
+    return logged

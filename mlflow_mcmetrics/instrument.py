@@ -77,29 +77,9 @@ __all__ = [
 
 _CLASSIFICATION_LOSS = re.compile(r"crossentropy|hinge|focal|ldam")
 _REGRESSION_LOSSES = frozenset(
-    {
-        "mean_squared_error",
-        "mse",
-        "mean_absolute_error",
-        "mae",
-        "mean_absolute_percentage_error",
-        "mape",
-        "mean_squared_logarithmic_error",
-        "msle",
-        "huber",
-        "huber_loss",
-        "log_cosh",
-        "logcosh",
-        "cosine_similarity",
-        "poisson",
-        "kl_divergence",
-        "kld",
-        "kullback_leibler_divergence",
-        "ctc",
-        "dice",
-        "tversky",
-        "circle",
-    }
+    "mean_squared_error mse mean_absolute_error mae mean_absolute_percentage_error mape "
+    "mean_squared_logarithmic_error msle huber huber_loss log_cosh logcosh cosine_similarity "
+    "poisson kl_divergence kld kullback_leibler_divergence ctc dice tversky circle".split()
 )
 #: The task an output's width decides: one unit is binary, several multilabel.
 BINARY_OR_MULTILABEL = "binary-or-multilabel"

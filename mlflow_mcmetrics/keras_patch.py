@@ -55,54 +55,9 @@ def _pending_logged_model(run_id: str) -> str | None:
 
 
 class _AutologCallback(MCMetricsCallback, metaclass=ExceptionSafeClass):
-    """The callback ``autolog()`` adds: reads the metrics of its :class:`FitInstrumentation`
-    and removes it when training ends.
-
-    ``ExceptionSafeClass`` marks it for MLflow's autologging test mode as safe to pass to
-    ``fit()``; the methods it wraps (those defined here) and the ``guarded`` ones of
-    :class:`MCMetricsCallback` turn errors into warnings, except under that test mode.
-    """
-
-    def __init__(
-        self, instrumentation: FitInstrumentation, mlflow_callback, run_tags: dict, **kwargs
-    ):
-        super().__init__(**kwargs)
-        self.instrumentation = instrumentation
-        self._mlflow_callback = mlflow_callback
-        self._model_id = getattr(mlflow_callback, "model_id", None)
-        self._run_tags = run_tags
-
-    def _metrics_by_output(self):
-        return self.instrumentation.metrics or None
-
-    def _outputs_expected(self) -> bool:
-        return bool(self.instrumentation.outputs) and not self.instrumentation.undecided
-
-    def _begin_split(self, split: str) -> None:
-        self.instrumentation.split = split
-        self.instrumentation.reset()
-
-    def _fed(self, split: str) -> bool:
-        return split in self.instrumentation.fed
-
-    def _start_run(self):
-        super()._start_run()
-        if (
-            self._fit_run is not None
-            and self._mlflow_callback is not None
-            and self._model_id is None
-        ):
-            # mlflow.tensorflow's callback does not say which model its fit() will log.
-            self._model_id = _pending_logged_model(self._fit_run.run_id)
-
-    def _abandon(self):
-        self.instrumentation.detach()
-
-    def on_train_end(self, logs=None):
-        try:
-            super().on_train_end(logs)
-        finally:
-            self.instrumentation.detach()
+    """The callback ``autolog()`` adds. ``ExceptionSafeClass`` marks it for MLflow's autologging
+    test mode as safe to pass to ``fit()``; its own hooks turn errors into warnings, except
+    under that test mode."""
 
 
 def _callbacks_argument(bound: inspect.BoundArguments) -> list:
@@ -136,17 +91,23 @@ def _patched_callback_list_init(original, self, *args, **kwargs):
     )
     if not instrumentation.active:
         return original(self, *args, **kwargs)
-    instrumentation.attach()
     mlflow_callback = _mlflow_keras_callback(callbacks)
+
+    def logged_model(run_id: str) -> str | None:
+        # mlflow.tensorflow's callback does not say which model its fit() will log.
+        if mlflow_callback is None:
+            return None
+        return getattr(mlflow_callback, "model_id", None) or _pending_logged_model(run_id)
+
     callback = _AutologCallback(
-        instrumentation,
-        mlflow_callback,
-        {"mlflow.autologging": INTEGRATION_NAME, **(_config("extra_tags") or {})},
         class_names=_config("class_names"),
         log_train=_config("log_train"),
         confusion_matrix=_config("confusion_matrix"),
         log_every_n_epochs=_config("log_every_n_epochs"),
         wait_for_figures=_config("wait_for_figures"),
+        class_keys=_config("class_keys"),
+        class_counts=_config("class_counts"),
+        shot_thresholds=_config("shot_thresholds"),
         skip_keras_logs=mlflow_callback is not None,
         early_stopping=next(
             (
@@ -157,8 +118,12 @@ def _patched_callback_list_init(original, self, *args, **kwargs):
             None,
         ),
         strict_class_names=False,
+        instrumentation=instrumentation,
+        logged_model=logged_model,
+        tags={"mlflow.autologging": INTEGRATION_NAME, **(_config("extra_tags") or {})},
         silent=_config("silent"),
     )
+    instrumentation.attach()  # once nothing of ours can fail before fit() removes it again
     # The user's list is left as it was: the original gets a copy with our callback added,
     # in the same position (positional or keyword) as the user's.
     if "callbacks" in kwargs or len(args) < 1:

@@ -17,6 +17,7 @@ run compiled (:meth:`ClassificationMetrics._eagerly_compiled`).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -364,6 +365,28 @@ def _score_bins(scores, num_bins: int):
     return ops.clip(ops.cast(ops.floor(scores * num_bins), "int32"), 0, num_bins - 1)
 
 
+def _flat_histogram_cells(labels, scores, weights, num_bins: int):
+    """The score histogram's cells ``(positive * T + bin) * C + class`` and their weights for
+    ``(R, C)`` scores and ``(R,)`` class-index labels and weights, as ``(R * C,)`` arrays
+    computed over the flattened block: each cell's row, an integer division of its
+    position, picks the row's label and weight (a gather).
+
+    For TensorFlow's XLA (2.21, CPU): the scatter takes its indices and updates as an
+    ``(R * C, 1)`` column, and XLA computed that column from the ``(R, C)`` block one
+    element at a time, recovering each one's row and class by division in scalar code
+    (100 classes, batch 4096: 2.5 ms to write the indices, against 0.8 ms for the same
+    values as an ``(R, C)`` array). Over flat operands the pass is vectorised (the
+    histogram's scatter with its cells: 3.8 -> 2.0-2.2 ms). JAX's XLA vectorises the
+    ``(R, C)`` form, where this one costs 1.6x as much.
+    """
+    num_classes = scores.shape[-1]
+    position = ops.arange(ops.shape(scores)[0] * num_classes, dtype="int32")
+    row, column = position // num_classes, position % num_classes
+    bins = _score_bins(ops.reshape(scores, (-1,)), num_bins)
+    positive = ops.cast(ops.take(labels, row) == column, "int32")
+    return (positive * num_bins + bins) * num_classes + column, ops.take(weights, row)
+
+
 def _weights_like(sample_weight, mask, shape):
     """One weight per prediction row: sample weights times the Keras mask (padding = 0)."""
     weights = ops.ones(shape, dtype="float32")
@@ -582,12 +605,15 @@ class ClassificationMetrics(keras.metrics.Metric):
             fewest_rows = math.prod(size or 1 for size in shape[:-1])
             if fewest_rows * per_row >= XLA_MIN_CELLS and not tf.distribute.has_strategy():
                 # reduce_retracing: one trace for every batch size (XLA compiles each size).
-                update = _tf_function(
+                compiled = _tf_function(
                     self._compiled, self._update, jit_compile=True, reduce_retracing=True
                 )
+                update = functools.partial(compiled, flat=True)
         update(y_true, y_pred, sample_weight, mask)
 
-    def _update(self, y_true, y_pred, sample_weight, mask):
+    def _update(self, y_true, y_pred, sample_weight, mask, flat=False):
+        """One batch into the state. ``flat``: the histogram's cells computed over the
+        flattened ``(R * C,)`` block (:func:`_flat_histogram_cells`), for TensorFlow's XLA."""
         labels, predicted, scores, weights, rejected, top = self._format(
             y_true, y_pred, sample_weight, mask
         )
@@ -621,9 +647,14 @@ class ClassificationMetrics(keras.metrics.Metric):
         per_row.append(("rejected", ops.arange(2, dtype="int32"), rejected))
         if self.pr_thresholds:
             num_bins = self.pr_thresholds
-            bins = _score_bins(scores, num_bins)
-            cells = (positive * num_bins + bins) * num_classes + classes
-            blocks.append(("score_histogram", cells, row_weights))
+            if flat and self.task != "multilabel":
+                blocks.append(
+                    ("score_histogram", *_flat_histogram_cells(labels, scores, weights, num_bins))
+                )
+            else:
+                bins = _score_bins(scores, num_bins)
+                cells = (positive * num_bins + bins) * num_classes + classes
+                blocks.append(("score_histogram", cells, row_weights))
             if top is not None:
                 counts, confidence_sums = self._calibration_parts(labels, top, weights, counting)
                 per_row += counts

@@ -350,12 +350,54 @@ def to_markdown(report: dict, *, title: str = "Classification report") -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Up to this many scored classes, ``class_keys="auto"`` logs every class's precision, recall and
+#: F1 as step metrics; beyond it none (the per-class table, history and dashboard have them):
+#: MLflow's UI draws one chart per key and its SQL store writes one row per key and epoch.
+KEYED_CLASSES_MAX = 100
+#: The per-class families logged as step metrics unless ``class_keys="all"``. Average precision
+#: and ROC AUC per class are in the per-class table: as keys their sections (``ap``, ``roc_auc``)
+#: sort first in the MLflow UI and bury the averages.
+KEYED_FAMILIES = ("precision", "recall", "f1", *PER_THRESHOLD_LABEL)
+
+
+def keyed_classes(
+    class_keys: str | Sequence[str], class_names: Sequence[str], labels: Sequence[int]
+) -> tuple[list[int], tuple[str, ...], list[str]]:
+    """Which of ``labels`` get per-class step metrics, of which families, and the names in a
+    ``class_keys`` list that name no class.
+
+    ``class_keys``: ``"auto"`` (precision, recall, F1 and thresholds for every class up to
+    :data:`KEYED_CLASSES_MAX` classes, none beyond), ``"all"`` (every family for every class),
+    or a list of class names to watch (precision, recall, F1 and thresholds for those).
+
+    >>> keyed_classes("auto", ["a", "b", "c"], [0, 1, 2])[0]
+    [0, 1, 2]
+    >>> keyed_classes(["c", "x"], ["a", "b", "c"], [0, 1, 2])
+    ([2], ('precision', 'recall', 'f1', 'threshold', 'f1_at_threshold'), ['x'])
+    """
+    if class_keys == "all":
+        return list(labels), PER_CLASS + PER_THRESHOLD_LABEL, []
+    if class_keys == "auto":
+        return (list(labels) if len(labels) <= KEYED_CLASSES_MAX else []), KEYED_FAMILIES, []
+    position = {name: index for index, name in enumerate(class_names)}
+    wanted = [str(name) for name in class_keys]
+    keyed = sorted({position[name] for name in wanted if name in position} & set(labels))
+    return keyed, KEYED_FAMILIES, [name for name in wanted if name not in position]
+
+
 def metric_values(
-    scores: dict, labels: Sequence[int], components: Sequence[str], prefix: str
+    scores: dict,
+    labels: Sequence[int],
+    components: Sequence[str],
+    prefix: str,
+    keyed: Sequence[int] | None = None,
+    families: Sequence[str] = PER_CLASS + PER_THRESHOLD_LABEL,
 ) -> dict[str, float]:
     """The SPEC's step metrics of one split from :func:`functional.classification_scores`,
     keyed ``{prefix}f1_macro``, ``{prefix}f1/{class}`` etc. (``components``: the metric-key
-    component of each class, from :func:`mlflow_mcmetrics.naming.class_key_components`).
+    component of each class, from :func:`mlflow_mcmetrics.naming.class_key_components``).
+    Per-class values only of the ``families`` and the classes in ``keyed`` (default: all; see
+    :func:`keyed_classes`).
 
     >>> from mlflow_mcmetrics import functional
     >>> state = functional.state_from_predictions([0, 1, 1], [[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
@@ -367,12 +409,14 @@ def metric_values(
     values = {
         metric_key(prefix, name): float(scores[name]) for name in SPLIT_SCORES if name in scores
     }
-    per_class = [(name, labels) for name in PER_CLASS]
-    per_class += [(name, scores.get("threshold_labels", [])) for name in PER_THRESHOLD_LABEL]
-    for name, scored in per_class:
+    keyed = set(labels if keyed is None else keyed)
+    for name in families:
+        scored = scores.get("threshold_labels", []) if name in PER_THRESHOLD_LABEL else labels
         if name in scores:
             for position, label in enumerate(scored):
-                values[metric_key(prefix, name, components[label])] = float(scores[name][position])
+                if label in keyed:
+                    key = metric_key(prefix, name, components[label])
+                    values[key] = float(scores[name][position])
     return values
 
 

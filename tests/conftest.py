@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYTHONHASHSEED", "0")
-# The spool's per-user fallback folder (outbox.spool_dirs) belongs to this test run.
+# The journals' per-user fallback folder (journal.spool_dirs) belongs to this test run.
 os.environ["XDG_CACHE_HOME"] = __import__("tempfile").mkdtemp(prefix="mcmetrics-test-cache-")
 
 import socket  # noqa: E402
@@ -126,9 +126,9 @@ def tracking(mlflow_server, request, monkeypatch):
     experiment = mlflow.set_experiment(f"{request.node.name}-{time.time_ns()}")
     yield mlflow.MlflowClient(), experiment.experiment_id
     # No sender of a finished fit may outlive its test (it would poll beside the next test).
-    from mlflow_mcmetrics.outbox import finish_pending
+    from mlflow_mcmetrics.sender import SENDER
 
-    finish_pending()
+    SENDER.finish()
     while mlflow.active_run():
         mlflow.end_run()
     mlflow_mcmetrics.autolog(disable=True)

@@ -13,10 +13,12 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 from sklearn import metrics as skm
+from test_training import per_class_table
 
 import mlflow_mcmetrics
 from mlflow_mcmetrics import functional, plots, report
-from mlflow_mcmetrics.render import RenderProcess, draw
+from mlflow_mcmetrics.child import ChildPool
+from mlflow_mcmetrics.render import RENDERER, draw
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +61,7 @@ def test_last_epoch_json_matches_sklearn(tracking, digits, epochs, learning_rate
 
     curves = load(run_id, f"{last}/val_pr_curves.json")
     assert len(curves["thresholds"]) == 4096 and curves["thresholds"][1] == pytest.approx(1 / 4096)
-    logged = client.get_run(run_id).data.metrics
+    table = per_class_table(run_id, epochs - 1, "val")
     for label in range(10):
         curve = curves["curves"][str(label)]
         exact = skm.average_precision_score(yv == label, scores[:, label])
@@ -67,7 +69,7 @@ def test_last_epoch_json_matches_sklearn(tracking, digits, epochs, learning_rate
         assert lower - 1e-9 <= exact <= upper + 1e-9, (label, lower, exact, upper)
         if epochs > 1:
             assert curve["average_precision"] == pytest.approx(exact, abs=0.01)
-        assert logged[f"val_ap/{label}"] == curve["average_precision"]
+        assert table[str(label)]["ap"] == curve["average_precision"]
         assert len(curve["precision"]) == len(curve["recall"]) == len(curve["thresholds"]) + 1
         assert set(curve["thresholds"]) <= set(curves["thresholds"])
 
@@ -95,9 +97,12 @@ def test_final_pngs_reports_and_stepped_images(tracking, digits):
             assert image.format == "PNG" and image.size[0] > 300
     document = json.loads(open(f"{local}/classification_report.json").read())
     assert document["epoch"] == 2 and document["split"] == "val"
+    table = per_class_table(run_id, 2, "val")
     for row in document["classes"]:
-        for name in ("precision", "recall", "f1", "ap", "roc_auc"):
+        for name in ("precision", "recall", "f1"):
             assert row[name] == run.data.metrics[f"val_{name}/{row['name']}"]
+        for name in ("ap", "roc_auc"):  # per-class tables, not keys, below class_keys="all"
+            assert row[name] == table[row["name"]][name]
     for name in ("map", "roc_auc_macro", "balanced_accuracy", "mcc", "cohen_kappa", "ece"):
         assert document[name] == run.data.metrics[f"val_{name}"]
     markdown = open(f"{local}/classification_report.md").read()
@@ -119,13 +124,13 @@ def test_figures_are_drawn_after_fit_returns_and_flush_waits_for_them(
     delivered but does not wait for the end-of-training figures; mlflow_mcmetrics.flush()
     (and the interpreter's exit) does."""
     drawing_allowed = threading.Event()
-    real_draw = RenderProcess.draw
+    real_draw = RENDERER.call
 
-    def held_back(self, **request):
+    def held_back(request):
         drawing_allowed.wait(60)
-        return real_draw(self, **request)
+        return real_draw(request)
 
-    monkeypatch.setattr(RenderProcess, "draw", held_back)
+    monkeypatch.setattr(RENDERER, "call", held_back)
     client, _ = tracking
     _, run_id = train_digits(digits, 2, wait_for_figures=False)
 
@@ -155,7 +160,9 @@ def test_pr_curves_false_turns_off_everything_that_needs_histograms(tracking, di
     files = [f.path for f in client.list_artifacts(run_id, "mcmetrics/epochs/0001")]
     assert [path.rsplit("/", 1)[1] for path in files] == [
         "train_confusion_matrix.json",
+        "train_per_class.json",
         "val_confusion_matrix.json",
+        "val_per_class.json",
     ]
     final = {f.path.rsplit("/", 1)[1] for f in client.list_artifacts(run_id, "mcmetrics")}
     assert {"roc_curves.png", "calibration.png", "pr_curves.png"}.isdisjoint(final)
@@ -263,16 +270,22 @@ def _render_request():
     )
 
 
+def _renderer():
+    return ChildPool(
+        "mlflow_mcmetrics.render:draw", 19, ["mlflow_mcmetrics.plots"], 2, "draws its images"
+    )
+
+
 def test_the_render_process_draws_what_this_process_draws_and_survives_a_kill():
-    renderer = RenderProcess()
+    renderer = _renderer()
     try:
-        images = renderer.draw(**_render_request())
+        images = renderer.call(_render_request())
         expected = draw(_render_request())
         assert sorted(images) == ["confusion_matrix", "pr_curves"]
         assert all(images[stem] == expected[stem] for stem in expected)
         renderer._children[0]._process.kill()
         renderer._children[0]._process.wait()
-        again = renderer.draw(**_render_request())  # a new child is started
+        again = renderer.call(_render_request())  # a new child is started
         assert again["confusion_matrix"] == expected["confusion_matrix"]
     finally:
         renderer.close()
@@ -280,7 +293,7 @@ def test_the_render_process_draws_what_this_process_draws_and_survives_a_kill():
 
 def test_images_are_drawn_here_when_the_render_process_cannot_run(monkeypatch):
     monkeypatch.setattr("sys.executable", "/bin/false")  # the child exits at once
-    renderer = RenderProcess()
-    with pytest.warns(UserWarning, match="draws its images in the training process"):
-        images = renderer.draw(**_render_request())
+    renderer = _renderer()
+    with pytest.warns(UserWarning, match="draws its images in this process"):
+        images = renderer.call(_render_request())
     assert images["pr_curves"] == draw(_render_request())["pr_curves"]

@@ -77,7 +77,7 @@ BAD_INPUTS = [
     (
         lambda _: mlflow_mcmetrics.autolog(pr_thresholds=-5),
         ValueError,
-        "pr_thresholds must be >= 0",
+        "pr_thresholds must be .auto. .* or >= 0",
     ),
     (
         lambda _: mlflow_mcmetrics.autolog(log_every_n_epochs=0),

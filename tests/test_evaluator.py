@@ -106,6 +106,7 @@ def test_scikit_learn_classifier(tracking, digits, tmp_path):
             "classification_report.json",
             "classification_report.md",
             "confusion_matrix.json",
+            "per_class.json",
             "pr_curves.json",
             "roc_curves.json",
             "calibration.json",

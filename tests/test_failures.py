@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -284,14 +285,19 @@ def test_unwritable_working_directory_falls_back_to_a_user_spool():
 
 def test_nothing_writable_reports_the_exact_count_lost(tmp_path, digits, monkeypatch):
     """Item 3: only if no folder is writable, one warning with the number of records."""
-    from mlflow_mcmetrics.outbox import Outbox
+    from mlflow_mcmetrics.journal import Journal
+    from mlflow_mcmetrics.sender import Sender
 
     monkeypatch.setenv("MCMETRICS_SPOOL_DIR", "/proc/mcmetrics-cannot-write-here")
-    outbox = Outbox("a-run", mlflow.MlflowClient(closed_port_uri()))
+    uri = closed_port_uri()
+    journal = Journal("a-run", uri)
+    assert not journal.durable
+    sender = Sender()
+    sender.add(journal, mlflow.MlflowClient(uri))
     for index in range(7):
-        outbox.put({"kind": "metrics", "metrics": [["f1_macro", 0.5, 0, index]]})
+        journal.append({"kind": "metrics", "metrics": [["f1_macro", 0.5, 0, index]]})
     with pytest.warns(MCMetricsWarning, match="lost 7 record"):
-        assert outbox.close(timeout=10) is None
+        sender.finish(timeout=5)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -353,16 +359,16 @@ def test_a_script_that_exits_right_after_fit_gets_its_figures(tmp_path, mlflow_s
 
 def test_an_error_while_drawing_does_not_escape_fit(tracking, digits, monkeypatch):
     """Item 5: errors in drawing, reporting, delivering become one warning each."""
-    from mlflow_mcmetrics.render import RenderProcess
+    from mlflow_mcmetrics.render import RENDERER
 
-    draw = RenderProcess.draw
+    draw = RENDERER.call
 
-    def broken(self, figure, **kwargs):
-        if figure == "plot_f1_by_epoch":
+    def broken(request):
+        if request["figure"] == "plot_f1_by_epoch":
             raise RuntimeError("no display")
-        return draw(self, figure=figure, **kwargs)
+        return draw(request)
 
-    monkeypatch.setattr(RenderProcess, "draw", broken)
+    monkeypatch.setattr(RENDERER, "call", broken)
     client, _ = tracking
     x, y, xv, yv = digits
     mlflow_mcmetrics.autolog()
@@ -432,71 +438,31 @@ def _assert_every_epoch_logged(client, run_id, history):
         assert logged == pytest.approx(history[key], nan_ok=True), key
 
 
-@pytest.fixture
-def fresh_delivery(monkeypatch):
-    """A delivery process of the test's own in place of the shared one, closed afterwards."""
-    from mlflow_mcmetrics import outbox
-
-    fresh = outbox.DeliveryProcess()
-    monkeypatch.setattr(outbox, "_DELIVERY", fresh)
-    yield fresh
-    fresh.close()
-
-
-def test_mlflow_calls_are_made_in_the_delivery_process(
-    tracking, digits, monkeypatch, fresh_delivery
-):
-    """MLflow's SQL store holds the GIL for ~20 ms per epoch's metrics: that work happens in a
-    child process, never in the training process."""
+def test_mlflow_calls_are_made_by_the_sender_not_the_training_thread(tracking, digits, monkeypatch):
+    """The training thread only writes the journal; every MLflow call of ours is the
+    sender's (MLflow's own callback logs its keys from the training thread)."""
     client, _ = tracking
-    keys_sent_here = []
+    threads = set()
     log_batch = mlflow.MlflowClient.log_batch
 
     def recording_log_batch(self, run_id, metrics=(), *args, **kwargs):
-        keys_sent_here.extend(metric.key for metric in metrics)
+        if any("/" in metric.key for metric in metrics):
+            threads.add(threading.current_thread().name)
         return log_batch(self, run_id, metrics, *args, **kwargs)
 
     monkeypatch.setattr(mlflow.MlflowClient, "log_batch", recording_log_batch)
     with warnings.catch_warnings():
         warnings.simplefilter("error", MCMetricsWarning)
         run_id, history = _fit_with_history(digits, 3)
-    assert not [key for key in keys_sent_here if "/" in key]  # no per-class key sent here
-    assert fresh_delivery._child._process.poll() is None  # the child lives on for the next fit
-    _assert_every_epoch_logged(client, run_id, history)
-
-
-class _KillDeliveryProcess(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        from mlflow_mcmetrics import outbox
-
-        process = outbox._DELIVERY._child._process
-        if epoch == 1 and process is not None:
-            process.kill()
-            process.wait()
-
-
-def test_a_killed_delivery_process_loses_nothing(tracking, digits, fresh_delivery):
-    client, _ = tracking
-    run_id, history = _fit_with_history(digits, 4, [_KillDeliveryProcess()])
-    _assert_every_epoch_logged(client, run_id, history)
-
-
-def test_without_a_delivery_process_this_process_delivers(
-    tracking, digits, monkeypatch, fresh_delivery
-):
-    client, _ = tracking
-    monkeypatch.setattr("sys.executable", "/bin/false")  # the child exits at once
-    with pytest.warns(MCMetricsWarning, match="delivers to MLflow from the training process"):
-        run_id, history = _fit_with_history(digits, 3)
+    assert threads == {"mcmetrics-sender"}
     _assert_every_epoch_logged(client, run_id, history)
 
 
 def test_queued_metrics_of_several_epochs_go_in_one_batch():
     """Consecutive metrics records for the same model merge, up to MLflow's batch limit;
     anything else (another model, an artifact) ends the merge, so the order is kept."""
-    from mlflow_mcmetrics.outbox import MAX_ROWS_PER_BATCH, Outbox
-
-    outbox = Outbox("a-run", mlflow.MlflowClient(closed_port_uri()), silent=True)
+    from mlflow_mcmetrics.journal import Journal
+    from mlflow_mcmetrics.sender import MAX_ROWS_PER_BATCH, _merged
 
     def metrics(step, rows=2, **extra):
         return {
@@ -505,22 +471,155 @@ def test_queued_metrics_of_several_epochs_go_in_one_batch():
             **extra,
         }
 
-    records = [
+    journal = Journal("a-run", closed_port_uri())
+    journal.records = [
         metrics(0),
         metrics(1),
         metrics(2),
         metrics(3, model_id="m-1"),
-        {"kind": "text", "artifact_file": "a.json", "text": "{}"},
+        {"kind": "artifact", "path": "a.json"},
         metrics(4),
     ]
-    outbox._queue.extend(records)  # as put() queues them, without waking the sender
-    merged, count = outbox._merged(0, records[0])
-    assert count == 3 and [row[3] for row in merged["metrics"]] == [0, 0, 1, 1, 2, 2]
-    assert outbox._merged(3, records[3]) == (records[3], 1)
-    outbox._queue.clear()
-    big = [metrics(step, rows=MAX_ROWS_PER_BATCH // 2) for step in range(3)]
-    outbox._queue.extend(big)
-    merged, count = outbox._merged(0, big[0])
-    assert count == 2 and len(merged["metrics"]) == MAX_ROWS_PER_BATCH
-    outbox._queue.clear()
-    outbox.close(timeout=1)
+    merged, indices = _merged(journal, 0, journal.records[0])
+    assert indices == [0, 1, 2] and [row[3] for row in merged["metrics"]] == [0, 0, 1, 1, 2, 2]
+    assert _merged(journal, 3, journal.records[3]) == (journal.records[3], [3])
+    journal.records = [metrics(step, rows=MAX_ROWS_PER_BATCH // 2) for step in range(3)]
+    merged, indices = _merged(journal, 0, journal.records[0])
+    assert indices == [0, 1] and len(merged["metrics"]) == MAX_ROWS_PER_BATCH
+    journal.remove()
+
+
+def test_a_rejected_record_does_not_block_the_others(tmp_path, mlflow_server):
+    """A record the server rejects (a param changed within the run: HTTP 400) is dropped with
+    one warning by mcmetrics sync, as by the sender during training, and the rest goes."""
+    from mlflow_mcmetrics.journal import Journal
+    from mlflow_mcmetrics.sender import sync
+
+    client = mlflow.MlflowClient(mlflow_server)
+    experiment = client.create_experiment(f"rejected-{time.time_ns()}")
+    run_id = client.create_run(experiment).info.run_id
+    client.log_param(run_id, "mcmetrics.task", "multiclass")
+    os.environ["MCMETRICS_SPOOL_DIR"] = str(tmp_path / "spool")
+    try:
+        journal = Journal(run_id, mlflow_server)
+    finally:
+        del os.environ["MCMETRICS_SPOOL_DIR"]
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    journal.header["pid"] = ended.pid  # as if the journal's process were gone
+    (journal.folder / "records.jsonl").write_text(
+        "\n".join(
+            json.dumps(record)
+            for record in [
+                journal.header,
+                {"kind": "params", "params": {"mcmetrics.task": "binary"}},
+                {"kind": "metrics", "metrics": [["val_f1/a", 0.5, 1000, 0]]},
+                {"kind": "end_run", "status": "FINISHED", "end_time": 2000},
+            ]
+        )
+        + "\n"
+    )
+    with pytest.warns(MCMetricsWarning, match="dropped a params record .* rejected"):
+        assert sync(spool_dir=tmp_path / "spool") == {run_id: 3}
+    assert not journal.folder.exists()
+    run = client.get_run(run_id)
+    assert run.data.params["mcmetrics.task"] == "multiclass"
+    assert run.data.metrics["val_f1/a"] == 0.5 and run.info.status == "FINISHED"
+
+
+def test_sigterm_ends_a_run_the_user_started_killed(tmp_path, mlflow_server):
+    """mlflow.start_run() without `with`, then fit(): SIGTERM ends that run KILLED too, when
+    the process is about to die (exit status 143)."""
+    experiment = f"user-run-{time.time_ns()}"
+    prelude = f"import mlflow\nmlflow.set_experiment({experiment!r})\nmlflow.start_run()\n"
+    script = training_script(tmp_path, epochs=50, pause=0.3, prelude=prelude)
+    child = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=child_env(mlflow_server),
+    )
+    try:
+        for line in child.stdout:
+            if line.startswith("pausing after epoch 3"):
+                break
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode in (-signal.SIGTERM, 143), err[-3000:]
+    client = mlflow.MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_f1/digit 3")]
+    assert steps[:3] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 1.0])
+def test_sigkill_loses_no_ended_epoch_and_sync_ends_the_run_killed(tmp_path, mlflow_server, delay):
+    """SIGKILL of the whole process group (the OOM killer, a grace period running out) a
+    moment after an epoch ended: every ended epoch is in the journal or delivered, and
+    `mcmetrics sync` delivers the rest and ends the run KILLED."""
+    experiment = f"sigkill-{delay}-{time.time_ns()}"
+    prelude = f"import mlflow\nmlflow.set_experiment({experiment!r})\n"
+    script = training_script(tmp_path, epochs=50, pause=1.5, prelude=prelude)
+    child = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=child_env(mlflow_server),
+        start_new_session=True,
+    )
+    try:
+        for line in child.stdout:  # printed once every callback's on_epoch_end of epoch 2 ran
+            if line.startswith("epoch 3 at"):
+                break
+        time.sleep(delay)
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    client = mlflow.MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "RUNNING"
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow_mcmetrics.cli", "sync"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=child_env(mlflow_server),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED"
+    for key in ("val_f1/digit 3", "f1_macro", "val_f1_few"):
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        assert steps[:3] == [0, 1, 2], key
+    assert not list((tmp_path / "mcmetrics-spool").glob("*/records.jsonl"))
+
+
+def test_records_sent_past_a_held_one_are_sent_once():
+    """Metrics held for MLflow's logged model let later records go; once the model is logged
+    the held ones follow, and nothing goes twice (MLflow's model links reject duplicates)."""
+    from mlflow_mcmetrics.journal import Journal
+    from mlflow_mcmetrics.sender import pump
+
+    journal = Journal("a-run", closed_port_uri())
+    journal.append({"kind": "metrics", "metrics": [["k", 0.1, 0, 0]], "after_model": "m-1"})
+    journal.append({"kind": "metrics", "metrics": [["k", 0.2, 0, 1]], "model_id": "m-1"})
+    journal.append({"kind": "artifact", "path": "a.json"}, b"{}", "a.json")
+    sent = []
+
+    def send(client, journal, record):
+        sent.append(record["metrics"][0][3] if record["kind"] == "metrics" else record["path"])
+
+    assert pump(journal, None, send=send) and sent == [1, "a.json"]
+    assert journal.delivered == 0  # the held record is still to go
+    assert pump(journal, None, release=True, send=send) and sent == [1, "a.json", 0]
+    assert journal.delivered == 3
+    journal.remove()

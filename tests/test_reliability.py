@@ -84,73 +84,117 @@ def fit_through_outage(digits, server, up):
 
 
 def assert_every_step_logged_once(client, run_id, history):
-    for key in ("f1_macro", "val_f1_macro", "val_recall/3", "f1/9", "val_ap/0"):
+    for key in ("f1_macro", "val_f1_macro", "val_recall/3", "f1/9", "val_map", "val_f1_few"):
         logged = client.get_metric_history(run_id, key)
         assert [m.step for m in logged] == list(range(EPOCHS)), key
         assert [m.value for m in logged] == history[key], key
 
 
-def test_server_down_for_two_epochs_loses_nothing(own_server, digits):
+def test_server_down_for_two_epochs_loses_nothing(own_server, digits, tmp_path):
     # No warning is required here: a delivery that was on its way when the server died is
     # retried inside MLflow's client and may well arrive once the server is back.
     run_id, callback, _ = fit_through_outage(digits, own_server, up=4)
     mlflow.end_run()
+    mlflow_mcmetrics.flush()
     client = mlflow.MlflowClient()
     assert_every_step_logged_once(client, run_id, callback.history)
-    # Artifacts queued during the outage arrived too (epoch 3's JSON was logged while down).
+    # Artifacts written during the outage arrived too (epoch 3's JSON was logged while down).
     matrix = mlflow.artifacts.load_dict(
         f"runs:/{run_id}/mcmetrics/epochs/0003/val_confusion_matrix.json"
     )
     assert matrix["epoch"] == 3
-    assert not (own_server.root / "mcmetrics-spool").exists()  # everything was delivered: no spool
+    assert not list(tmp_path.glob("mcmetrics-spool/*"))  # delivered journals are removed
 
 
-def test_server_never_back_spools_and_sync_delivers_exactly_once(own_server, digits, tmp_path):
-    run_id, callback, warned = fit_through_outage(digits, own_server, up=None)
-    assert any("could not reach the tracking server" in message for message in warned), warned
-    spool = tmp_path / "mcmetrics-spool" / f"{run_id}.jsonl"
-    assert spool.exists()
-    kinds = [json.loads(line)["kind"] for line in spool.read_text().splitlines()]
-    # Epochs 2.. ended while the server was down; epoch 1's rows may still have been on their way.
-    assert EPOCHS - 2 <= kinds.count("metrics") <= EPOCHS - 1 and "png" in kinds
+#: A training script that prints the epochs our callback ended (so that the test can kill the
+#: server after one of them) and exits with its journal left behind.
+OUTAGE_SCRIPT = textwrap.dedent("""
+    import sys, time
+    import keras, mlflow, mlflow_mcmetrics
+    from sklearn.datasets import load_digits
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 0:
+                print("run", mlflow.active_run().info.run_id, flush=True)
+            print(f"epoch {epoch}", flush=True)
+            time.sleep(1.0 if epoch == 2 else 0)  # the test kills the server meanwhile
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).astype("float32")
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=[mlflow_mcmetrics.ClassificationMetrics(10, pr_thresholds=64)])
+    callback = mlflow_mcmetrics.MCMetricsCallback(log_every_n_epochs=3)
+    mlflow.set_experiment("outages")
+    model.fit(x[:1200], y[:1200], validation_data=(x[1200:], y[1200:]), epochs=8,
+              batch_size=256, verbose=0, callbacks=[callback, Progress()])
+    import json
+    print("history", json.dumps(callback.history), flush=True)
+""")
+
+
+def test_server_never_back_journals_and_sync_delivers_exactly_once(own_server, tmp_path):
+    """The server dies at epoch 2 and the training process ends before it is back: its
+    journal holds the rest, and `mcmetrics sync` delivers it once, however often it runs."""
+    script = tmp_path / "outage.py"
+    script.write_text(OUTAGE_SCRIPT)
+    child = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=subprocess_env(own_server.uri),
+    )
+    lines = []
+    for line in child.stdout:
+        lines.append(line)
+        if line.startswith("epoch 2"):
+            own_server.kill()
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err[-3000:]
+    assert "could not reach the tracking server" in err
+    run_id = next(line.split()[1] for line in lines if line.startswith("run "))
+    history = json.loads(next(line[8:] for line in lines if line.startswith("history ")))
+    (journal,) = tmp_path.glob("mcmetrics-spool/*/records.jsonl")
+    kinds = [json.loads(line)["kind"] for line in journal.read_text().splitlines()]
+    assert kinds.count("metrics") == EPOCHS and "artifact" in kinds and "image" in kinds
     own_server.start()
-    mlflow.end_run()
 
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow_mcmetrics.cli",
-        "sync",
-        "--tracking-uri",
-        own_server.uri,
-    ]
-    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "mlflow_mcmetrics.cli", "sync"]
+    env = subprocess_env(own_server.uri)
+    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert f"run {run_id}: {len(kinds)} record(s) delivered" in first.stdout
-    assert not spool.exists()
+    assert f"run {run_id}: " in first.stdout
+    assert not journal.exists()
     client = mlflow.MlflowClient()
-    assert_every_step_logged_once(client, run_id, callback.history)
+    assert_every_step_logged_once(client, run_id, history)
     report = mlflow.artifacts.load_dict(f"runs:/{run_id}/mcmetrics/classification_report.json")
     assert report["epoch"] == EPOCHS - 1
+    assert client.get_run(run_id).info.status == "FINISHED"  # its journal's end_run record
 
-    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert "nothing to send" in second.stdout
-    assert_every_step_logged_once(client, run_id, callback.history)
+    assert_every_step_logged_once(client, run_id, history)
 
 
-def test_replaying_a_spool_twice_logs_nothing_twice(own_server, tmp_path):
-    from mlflow_mcmetrics.outbox import _write_atomically, sync
+def test_replaying_a_journal_twice_logs_nothing_twice(own_server, tmp_path):
+    from mlflow_mcmetrics.journal import Journal
+    from mlflow_mcmetrics.sender import pump
 
     with mlflow.start_run() as run:
         pass
-    records = [
-        {"kind": "metrics", "metrics": [["val_f1/a", 0.5, 1000, 0], ["val_f1/a", 0.7, 2000, 1]]},
-        {"kind": "text", "artifact_file": "mcmetrics/x.json", "text": "{}"},
-    ]
+    client = mlflow.MlflowClient()
     for _ in range(2):
-        _write_atomically(tmp_path / "spool" / f"{run.info.run_id}.jsonl", records)
-        assert sync(own_server.uri, tmp_path / "spool") == {run.info.run_id: 2}
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_f1/a")
+        journal = Journal(run.info.run_id, own_server.uri)
+        journal.append(
+            {"kind": "metrics", "metrics": [["val_f1/a", 0.5, 1000, 0], ["val_f1/a", 0.7, 2000, 1]]}
+        )
+        journal.append({"kind": "artifact", "path": "mcmetrics/x.json"}, b"{}", "x.json")
+        assert pump(journal, client) and journal.delivered == 2
+        journal.remove()
+    history = client.get_metric_history(run.info.run_id, "val_f1/a")
     assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.7)]
 
 
@@ -234,7 +278,7 @@ def test_a_script_that_dies_in_fit_keeps_its_epochs_and_its_run_ends_killed(trac
     assert result.returncode != 0 and "a bug in the training script" in result.stderr
     (run,) = client.search_runs([experiment_id])
     assert run.info.status == "KILLED"  # not FINISHED, as MLflow's exit handler would have it
-    for key in ("val_f1/4", "f1_macro", "val_ap/9"):
+    for key in ("val_f1/4", "f1_macro", "val_map"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
     epochs = [item.path for item in client.list_artifacts(run.info.run_id, "mcmetrics/epochs")]
     assert epochs == ["mcmetrics/epochs/0000", "mcmetrics/epochs/0001"]
