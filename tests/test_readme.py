@@ -1,4 +1,7 @@
-"""The README's promises: its two commands, its usage example, and the MLproject it runs."""
+"""The README's promises: its two commands, its quick start, its links, and the MLproject it runs.
+
+The documentation site's code blocks run in tests/test_docs.py.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,20 @@ README = (REPO_ROOT / "README.md").read_text()
 
 def code_blocks(language):
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def test_readme_is_short_and_every_code_block_is_tested():
+    assert len(README.splitlines()) <= 200
+    # The two commands (below) and the quick start (test_usage_example_runs_as_written).
+    assert re.findall(r"^```(\S*)", README, flags=re.M) == ["bash", "", "bash", "", "python", ""]
+
+
+def test_readme_links_and_pictures_point_at_files_of_the_repository():
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README)
+    local = [target for target in targets if "://" not in target]
+    assert len(local) >= 10  # the pictures and the links into the documentation site
+    for target in local:
+        assert (REPO_ROOT / target).is_file(), target
 
 
 def subprocess_env(tracking_uri):
