@@ -1,6 +1,7 @@
 """Cost of one metric update per batch, as ratios against baselines timed in this run.
 
     python benchmarks/update_cost.py [--quick] [--bins-only | --calibration-only | --against-keras]
+    python benchmarks/update_cost.py --against-keras --before 5e156b8 [--repeats 15]
 
 For C in {10, 100, 1000} classes, batches of 256 and 4096 softmax predictions, it times one
 ``update_state`` inside a compiled function (``tf.function`` and XLA on TensorFlow,
@@ -18,7 +19,10 @@ For C in {10, 100, 1000} classes, batches of 256 and 4096 softmax predictions, i
 update with and without the calibration counts (expected calibration error) against the batch
 size; ``--against-keras`` the rows of issue 31 (:func:`against_keras_table`): ours against
 Keras' ``F1Score`` (the floor of an exact per-class metric: one elementwise pass over the
-predictions) and ``AUC(PR, multi_label) + F1Score``, the conditions alternating in one run.
+predictions) and ``AUC(PR, multi_label) + F1Score``, the conditions alternating in one run;
+with ``--before COMMIT``, the metric as it was at that commit of this repository too, in the
+same rounds (its modules are copied into a temporary package at run time, see
+:func:`before_metric`).
 
 Each cell is the median over repeats of the mean time of a loop of calls, after a warm-up.
 On JAX our updates are timed under ``jax.transfer_guard("disallow")``: a host-device transfer
@@ -29,9 +33,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -190,30 +200,58 @@ def _stateful_call(metrics, inputs, xla, *, result: bool):
     return lambda: step(inputs)
 
 
+def before_metric(commit: str) -> type:
+    """``ClassificationMetrics`` as it was at ``commit`` of this repository, beside today's in
+    one process: its ``metrics``, ``functional`` and ``validation`` modules, read with ``git
+    show``, become a package of another name in a temporary folder (their imports of
+    ``mlflow_mcmetrics`` renamed to it). A subclass, so that it does not register itself with
+    Keras under the name today's class holds."""
+    root = Path(tempfile.mkdtemp(prefix="mcmetrics-before-"))
+    package = root / "mcmetrics_before"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    repository = Path(__file__).resolve().parent.parent
+    for module in ("metrics", "functional", "validation"):
+        source = subprocess.run(
+            ["git", "-C", str(repository), "show", f"{commit}:mlflow_mcmetrics/{module}.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        source = re.sub(r"^(\s*from )mlflow_mcmetrics\b", r"\1mcmetrics_before", source, flags=re.M)
+        (package / f"{module}.py").write_text(source)
+    sys.path.insert(0, str(root))
+    metrics = importlib.import_module("mcmetrics_before.metrics")
+    return type("ClassificationMetricsBefore", (metrics.ClassificationMetrics,), {})
+
+
 #: Issue 31's rows: (classes C, bins T, batch N).
 AGAINST_KERAS_ROWS = ((100, 200, 4096), (100, 4096, 4096), (10, 4096, 32), (1000, 4096, 256))
 
 
-def against_keras_table(args, xla: bool, mode: str) -> None:
+def against_keras_table(args, xla: bool, mode: str, before: type | None = None) -> None:
     """Issue 31's table: one update of ours (at T bins and at ``T=0``, with its ``result()``),
     of Keras' ``F1Score(average=None)`` alone (the floor) and of Keras' ``AUC(curve="PR",
     multi_label=True, num_thresholds=T)`` + ``F1Score`` together, on the same softmax batch
     (Keras' metrics get the labels one-hot, as they need them; ours sparse).
 
-    The four conditions alternate within each of ``--repeats`` rounds; a cell is the best
+    The conditions alternate within each of ``--repeats`` rounds; a cell is the best
     round's mean ms per call (the issue's "best of 15"), and the ratios' spread is the range
-    of the per-round ratios (each round times the conditions back to back)."""
+    of the per-round ratios (each round times the conditions back to back). With ``before``
+    (see :func:`before_metric`) that metric's two conditions join the rounds, and each row
+    of the table is printed for it (``before``) and for today's (``after``), with the same
+    Keras timings."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")  # each condition traces its own function, knowingly
     rng = np.random.default_rng(31)
     print(
-        "\n| mode | C | T | N | ours ms | ours T=0 ms | Keras AUC+F1 ms | Keras F1Score ms "
-        "| (AUC+F1) / ours | ours / F1Score | ours T=0 / F1Score | spread (AUC+F1) / ours "
-        "| spread ours / F1Score |"
+        "\n| mode | version | C | T | N | ours ms | ours T=0 ms | Keras AUC+F1 ms "
+        "| Keras F1Score ms | (AUC+F1) / ours | ours / F1Score | ours T=0 / F1Score "
+        "| spread (AUC+F1) / ours | spread ours / F1Score |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for num_classes, bins, batch in AGAINST_KERAS_ROWS:
         labels = rng.integers(0, num_classes, batch)
         logits = rng.normal(size=(batch, num_classes)).astype("float32")
@@ -226,13 +264,17 @@ def against_keras_table(args, xla: bool, mode: str) -> None:
                 curve="PR", multi_label=True, num_labels=num_classes, num_thresholds=bins
             )
 
-        calls = {
-            "ours": _stateful_call(
-                [ClassificationMetrics(num_classes, pr_thresholds=bins)], [sparse], xla, result=True
-            ),
-            "ours T=0": _stateful_call(
-                [ClassificationMetrics(num_classes, pr_thresholds=0)], [sparse], xla, result=True
-            ),
+        versions = ({"before": before} if before else {}) | {"after": ClassificationMetrics}
+        calls = {}
+        for version, metric_class in versions.items():
+            for name, thresholds in (("ours", bins), ("ours T=0", 0)):
+                calls[f"{name} {version}"] = _stateful_call(
+                    [metric_class(num_classes, pr_thresholds=thresholds)],
+                    [sparse],
+                    xla,
+                    result=True,
+                )
+        calls |= {
             "AUC+F1": _stateful_call(
                 [keras_auc(), keras.metrics.F1Score(average=None)],
                 [one_hot, one_hot],
@@ -251,8 +293,9 @@ def against_keras_table(args, xla: bool, mode: str) -> None:
                 start = time.perf_counter()
                 _block(call())
                 once = time.perf_counter() - start
-            # About 0.1 s a loop (0.03 with --quick), at least 3 calls.
-            loops[name] = max(3, min(500, int((0.03 if args.quick else 0.1) / max(once, 1e-6))))
+            # About --loop-seconds a loop (0.03 with --quick), at least 3 calls.
+            seconds = 0.03 if args.quick else args.loop_seconds
+            loops[name] = max(3, min(500, int(seconds / max(once, 1e-6))))
         rounds: dict[str, list[float]] = {name: [] for name in calls}
         for _ in range(args.repeats):
             for name, call in calls.items():
@@ -268,14 +311,17 @@ def against_keras_table(args, xla: bool, mode: str) -> None:
             ratios = [a / b for a, b in zip(rounds[numerator], rounds[denominator], strict=True)]
             return f"{min(ratios):.2f}–{max(ratios):.2f}"
 
-        print(
-            f"| {mode} | {num_classes} | {bins} | {batch} | {best['ours'] * 1e3:.3f} "
-            f"| {best['ours T=0'] * 1e3:.3f} | {best['AUC+F1'] * 1e3:.3f} | {best['F1'] * 1e3:.3f} "
-            f"| {best['AUC+F1'] / best['ours']:.2f} | {best['ours'] / best['F1']:.2f} "
-            f"| {best['ours T=0'] / best['F1']:.2f} | {spread('AUC+F1', 'ours')} "
-            f"| {spread('ours', 'F1')} |",
-            flush=True,
-        )
+        for version in versions:
+            ours, zero = f"ours {version}", f"ours T=0 {version}"
+            print(
+                f"| {mode} | {version} | {num_classes} | {bins} "
+                f"| {batch} | {best[ours] * 1e3:.3f} | {best[zero] * 1e3:.3f} "
+                f"| {best['AUC+F1'] * 1e3:.3f} | {best['F1'] * 1e3:.3f} "
+                f"| {best['AUC+F1'] / best[ours]:.2f} | {best[ours] / best['F1']:.2f} "
+                f"| {best[zero] / best['F1']:.2f} | {spread('AUC+F1', ours)} "
+                f"| {spread(ours, 'F1')} |",
+                flush=True,
+            )
 
 
 def _guard(name: str):
@@ -358,7 +404,19 @@ def main() -> None:
         help="only issue 31's rows: ours against Keras' F1Score and AUC(PR) + F1Score",
     )
     parser.add_argument(
+        "--before",
+        default="",
+        help="with --against-keras: a commit of this repository whose metric to time too",
+    )
+    parser.add_argument(
         "--repeats", type=int, default=15, help="alternating rounds of --against-keras"
+    )
+    parser.add_argument(
+        "--loop-seconds",
+        type=float,
+        default=0.1,
+        help="--against-keras: seconds of calls per condition and round (shorter loops and "
+        "more rounds find a busy machine's quiet moments more often)",
     )
     parser.add_argument(
         "--modes",
@@ -377,8 +435,9 @@ def main() -> None:
     if backend == "jax":
         print("our updates run under jax.transfer_guard('disallow'): no host-device transfer")
     if args.against_keras:
+        before = before_metric(args.before) if args.before else None
         for mode, xla in modes:
-            against_keras_table(args, xla, mode)
+            against_keras_table(args, xla, mode, before)
         return
     for mode, xla in modes:
         if not args.calibration_only:
