@@ -35,10 +35,9 @@ model.fit(
 )
 
 run = mlflow.last_active_run()
-print(
-    "val AP per class:",
-    {c: round(run.data.metrics[f"val_ap/digit {c}"], 3) for c in data.class_names},
-)
+history = mlflow_mcmetrics.per_class_history(run.info.run_id)
+last = history[(history.epoch == history.epoch.max()) & (history.split == "val")]
+print("val AP per class:", dict(zip(last["class"], last["ap"].round(3), strict=True)))
 print(
     "PR curves:",
     mlflow.artifacts.download_artifacts(

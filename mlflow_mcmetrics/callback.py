@@ -236,7 +236,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
     # -- per split -----------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         self.history.clear()  # like keras.callbacks.History: one fit() at a time
-        self._outputs, self._logger, self._unfed = [], None, set()
+        self._outputs, self._logger, self._unfed, self._validated = [], None, set(), False
         self._states, self._last, self._best = defaultdict(dict), {}, None
         self._absent: set[tuple] = set()
         undecided = self.instrumentation is not None and self.instrumentation.undecided
@@ -252,6 +252,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._states.clear()
+        self._validated = False
         self._begin_split("train")
 
     def on_test_begin(self, logs=None):
@@ -259,6 +260,7 @@ class MCMetricsCallback(keras.callbacks.Callback):
         # hook: the training state of the epoch must be read now.
         if self.log_train:
             self._read("train")
+        self._validated = True
         self._begin_split("val")
 
     def on_test_end(self, logs=None):
@@ -306,6 +308,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.log_train:
             self._read("train")  # an epoch without validation
+        if self._validated:
+            self._read("val")  # a custom loop that calls no on_test_end
         if self._resolve():
             self._log_epoch(epoch, logs or {})
 
@@ -352,7 +356,8 @@ class MCMetricsCallback(keras.callbacks.Callback):
         if stopping is not None and getattr(stopping, "best_epoch", None) == epoch:
             self._best = (dict(results), logged)  # the EarlyStopping just took this epoch
         if self._logger is not None and results:
-            last = epoch + 1 == (self.params or {}).get("epochs") or bool(self.model.stop_training)
+            stopped = getattr(self.model, "stop_training", False)  # not set outside fit()
+            last = epoch + 1 == (self.params or {}).get("epochs") or bool(stopped)
             restored = last and self._restored(epoch)
             self._logger.log_epoch(epoch, results, logged, last=last, link=last and not restored)
             if restored:

@@ -59,6 +59,10 @@ except ImportError:  # not public API: without it the metrics work, mode="auto" 
             super().__init__(name=name)
             self.metrics = metrics
 
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            for metric in self.metrics:
+                metric.update_state(y_true, y_pred, sample_weight=sample_weight)
+
         def reset_state(self):
             for metric in self.metrics:
                 metric.reset_state()
@@ -278,6 +282,15 @@ class MetricsHolder(MetricsList):
     ``EarlyStopping``/``ModelCheckpoint``/``ReduceLROnPlateau`` find each metric's direction
     (``mode="auto"``), and its results land in the logs as ``{name: value}``."""
 
+    #: Called when a ``train_step`` feeds the metrics through this list (as Keras' guide's
+    #: ``for metric in self.metrics: metric.update_state(y, y_pred)`` does).
+    on_update = None
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        super().update_state(y_true, y_pred, sample_weight=sample_weight)
+        if self.on_update is not None:
+            self.on_update()
+
     def result(self):
         return self.get_result()
 
@@ -352,6 +365,7 @@ class FitInstrumentation:
         self.undecided = _output_layers(model) is None and (undecided or bool(self.outputs))
         self.metrics: dict[str | None, ClassificationMetrics] = {}
         self.holder = MetricsHolder([], name="mcmetrics")
+        self.holder.on_update = lambda: self.fed.add(self.split)
         self.split = "train"
         self.fed: set[str] = set()
         self._misfit: set[str | None] = set()

@@ -346,7 +346,11 @@ class Sender:
         """At exit: deliver what every journal holds, held records included, for up to
         ``timeout`` seconds; say where what is left waits for ``mcmetrics sync``."""
         journals = self.open_journals()
-        if not journals or self.wait(journals, timeout, release=True):
+        delivered = not journals or self.wait(journals, timeout, release=True)
+        for journal in journals:
+            if journal.done:  # here too: the sender thread dies with the interpreter
+                journal.remove()
+        if delivered:
             return
         for journal in self.open_journals():
             left = len(_waiting(journal))

@@ -132,3 +132,38 @@ def test_tables_and_history_hold_every_per_class_value(tracking):
     np.testing.assert_array_equal([last[str(c)]["support"] for c in labels], support)
     tag = mlflow.MlflowClient().get_run(run_id).data.tags["mlflow.loggedArtifacts"]
     assert '"mcmetrics/epochs/0001/val_per_class.json", "type": "table"' in tag
+
+
+@pytest.mark.parametrize("given_counts", [False, True])
+def test_class_counts_win_over_a_resampled_training_stream(tracking, given_counts):
+    """Issue 30: oversampled to balance, the training split's support says every class is
+    many-shot; the data's true counts (class_counts=) give the long tail back. The group
+    scores equal scikit-learn's on the group's classes."""
+    client, _ = tracking
+    rng = np.random.default_rng(2)
+    true_counts = np.array([300, 150, 120, 40, 12, 6])
+    y = np.repeat(np.arange(6), true_counts)
+    x = rng.normal(size=(len(y), 8)).astype("float32") + y[:, None] * 0.5
+    resampled = np.concatenate([rng.choice(np.flatnonzero(y == c), 300) for c in range(6)])
+    y_val = np.repeat(np.arange(6), 30)
+    x_val = rng.normal(size=(len(y_val), 8)).astype("float32") + y_val[:, None] * 0.5
+    extra = {"class_counts": true_counts.tolist()} if given_counts else {}
+    mlflow_mcmetrics.autolog(**extra)
+    model = dense_model(8, 6, "softmax")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x[resampled], y[resampled], validation_data=(x_val, y_val), epochs=2, verbose=0)
+    run = client.get_run(run_id_of_last_fit())
+    sizes = run.data.params["mcmetrics.shot_group_sizes"]
+    if not given_counts:  # 300 samples of each class: thirds of the classes
+        assert sizes == "many 2, medium 2, few 2"
+        assert "thirds" in run.data.params["mcmetrics.shot_groups"]
+        return
+    assert sizes == "many 3, medium 1, few 2"
+    assert "many > 100" in run.data.params["mcmetrics.shot_groups"]
+    predicted = model.predict(x_val, verbose=0).argmax(1)
+    for group, classes in (("many", [0, 1, 2]), ("medium", [3]), ("few", [4, 5])):
+        for score in ("recall", "f1"):
+            expected = getattr(skm, f"{score}_score")(
+                y_val, predicted, labels=classes, average="macro", zero_division=0
+            )
+            assert run.data.metrics[f"val_{score}_{group}"] == pytest.approx(expected, abs=1e-9)

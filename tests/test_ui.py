@@ -19,6 +19,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import REPO_ROOT, _free_port
 from PIL import Image
@@ -289,6 +290,21 @@ def test_ui_shows_a_runs_confusion_matrix(page, postgres_server, postgres_compar
     page.screenshot(path=SCREENSHOTS / "run_confusion_matrix.png")
 
 
+def test_the_per_class_table_opens_as_a_table(page, postgres_server, postgres_comparison):
+    """Issue 29: every per-class value of an epoch, as MLflow's Artifacts tab shows the tables
+    of ``mlflow.log_table`` (sortable columns), not as JSON text."""
+    experiment_id, children = postgres_comparison
+    run_id = children["logit_adjusted"].info.run_id
+    table = "mcmetrics/epochs/0001/val_per_class.json"
+    open_model_training_view(
+        page, postgres_server, f"/experiments/{experiment_id}/runs/{run_id}/artifacts/{table}"
+    )
+    for column in ("class", "precision", "recall", "f1", "ap", "roc_auc", "group"):
+        page.get_by_role("columnheader", name=column, exact=True).first.wait_for()
+    assert not page.get_by_text('"columns"').count()  # a table, not the JSON
+    page.screenshot(path=SCREENSHOTS / "run_per_class_table.png")
+
+
 # -- the interactive pages, inside the MLflow UI -------------------------------------------------
 def open_html_artifact(page, uri: str, experiment_id: str, run_id: str, path: str):
     """Open the HTML artifact ``path`` in the run's Artifacts tab with every request that is not
@@ -368,6 +384,15 @@ def test_dashboard_in_the_ui_shows_each_epochs_logged_numbers(
         (value,) = [m.value for m in client.get_metric_history(run_id, key) if m.step == epoch]
         return value
 
+    # AP and ROC AUC per class are in the per-class history, not step metrics.
+    history = pd.read_parquet(
+        client.download_artifacts(run_id, "mcmetrics/per_class_history.parquet", str(tmp_path))
+    )
+
+    def in_history(score: str, name: str, epoch: int) -> float:
+        (value,) = history.query("epoch == @epoch and split == 'val' and `class` == @name")[score]
+        return value
+
     shown = {}
     for epoch in (1, 0):  # the slider starts at the last epoch
         set_epoch(frame, epoch)
@@ -385,8 +410,9 @@ def test_dashboard_in_the_ui_shows_each_epochs_logged_numbers(
         for label, name in enumerate(map(str, range(10))):
             recall = matrix[label, label] / matrix[label].sum()
             assert recall == pytest.approx(logged(f"val_recall/{name}", epoch)), name
-            for score in ("f1", "ap", "roc_auc"):
-                assert_shows(classes[name][score], logged(f"val_{score}/{name}", epoch))
+            assert_shows(classes[name]["f1"], logged(f"val_f1/{name}", epoch))
+            for score in ("ap", "roc_auc"):
+                assert_shows(classes[name][score], in_history(score, name, epoch))
     assert shown[0] != shown[1]  # training moved the matrix, and the slider shows it
     assert errors == [] and outside == []
 
