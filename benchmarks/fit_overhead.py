@@ -1,7 +1,8 @@
 """Epoch time of a real fit with and without per-class metrics, as ratios in one run.
 
     python benchmarks/fit_overhead.py [--epochs 8] [--rounds 3]
-    python benchmarks/fit_overhead.py --step-overhead [--before CHECKOUT] [--rounds 5]
+    python benchmarks/fit_overhead.py --step-overhead [--before COMMIT] [--rounds 300]
+        [--whole-epochs]
 
 Models: the MLproject's default CNN on long-tailed digits (8×8, 10 classes, batch 32), and a
 28×28 CNN (Conv32-Pool-Conv64-Pool-GAP-Dense) on random images with 10 and 100 classes.
@@ -22,25 +23,19 @@ excluded (tracing), so it includes every callback's end-of-epoch work. The condi
 interleaved, ``--rounds`` times, and the table shows the median over rounds.
 
 ``--step-overhead``: what the metric alone adds to a training step (issue 31), no tracking,
-no validation, each fit in a fresh child process (``KERAS_BACKEND`` as set): ``plain``
-(``compile()`` without metrics) against ``ClassificationMetrics(C, from_logits=True)`` in
-``compile(metrics=[...])`` at its default layout, and, with ``--before``, the same metric
-imported from another checkout of this repository (e.g. ``git worktree add ../before
-<commit>``) in the same alternating rounds. Step time = median epoch time (first epoch
-excluded) / steps per epoch; overhead = metric step - plain step of the same round, whose
-range over rounds is the spread.
+no validation, in one process (``KERAS_BACKEND`` as set): ``plain`` (``compile()`` without
+metrics) against ``ClassificationMetrics(C, from_logits=True)`` in ``compile(metrics=[...])``
+at its default layout, and, with ``--before COMMIT``, the metric as it was at that commit of
+this repository (:func:`update_cost.before_metric`), the conditions alternating batch by
+batch through Keras' compiled train step (see :func:`step_overhead`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -51,7 +46,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
 
 import mlflow_mcmetrics  # noqa: E402
-from mlflow_mcmetrics import datasets  # noqa: E402
+from mlflow_mcmetrics import ClassificationMetrics, datasets  # noqa: E402
 from mlflow_mcmetrics.cli import build_cnn  # noqa: E402
 
 
@@ -177,105 +172,157 @@ def _epoch_time(condition, make_model, x, y, xv, yv, batch_size, epochs) -> floa
     return clock.epoch_seconds()
 
 
-#: One fit with or without the metric; argv: workload index, condition, epochs. Prints the
-#: median epoch time (first epoch excluded) and the steps per epoch as JSON.
-STEP_CHILD = textwrap.dedent("""
-    import json, os, statistics, sys, time
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras, numpy as np
-    from mlflow_mcmetrics import ClassificationMetrics
-
-    workload, condition, epochs = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+def _step_workloads():
+    """The ``--step-overhead`` workloads: (name, model builder taking the class count, x, y,
+    classes, batch size)."""
     rng = np.random.default_rng(0)
-    keras.utils.set_random_seed(0)
-    if workload == 0:  # the MLproject's CNN on 8x8 digits
-        from mlflow_mcmetrics import datasets
-        from mlflow_mcmetrics.cli import build_cnn
-        data = datasets.load("digits", imbalance_ratio=20, seed=0)
-        x, y, classes, batch = data.x_train, data.y_train, 10, 32
-        model = build_cnn(x.shape[1:], classes, 0)
-    elif workload == 1:  # a 28x28 CNN, 100 classes
-        classes, batch = 100, 64
-        x = rng.random((2048, 28, 28, 1), dtype=np.float32)
-        y = rng.integers(0, classes, 2048)
-        model = keras.Sequential([
-            keras.Input((28, 28, 1)), keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(), keras.layers.Conv2D(64, 3, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(classes)])
-    else:  # an MLP head on features, 1000 classes
-        classes, batch = 1000, 256
-        x = rng.normal(size=(8192, 256)).astype("float32")
-        y = rng.integers(0, classes, 8192)
-        model = keras.Sequential([
-            keras.Input((256,)), keras.layers.Dense(512, activation="relu"),
-            keras.layers.Dense(classes)])
-    metrics = [] if condition == "plain" else [ClassificationMetrics(classes, from_logits=True)]
-    model.compile(optimizer="adam", metrics=metrics,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    digits = datasets.load("digits", imbalance_ratio=20, seed=0)
+    yield (
+        "MLproject CNN, digits, 10 classes, batch 32",
+        lambda classes: build_cnn(digits.x_train.shape[1:], classes, 0),
+        digits.x_train,
+        digits.y_train,
+        10,
+        32,
+    )
+    images = rng.random((2048, 28, 28, 1), dtype=np.float32)
+    yield (
+        "28x28 CNN, 100 classes, batch 64",
+        lambda classes: keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                keras.layers.Conv2D(32, 3, activation="relu"),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Conv2D(64, 3, activation="relu"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(classes),
+            ]
+        ),
+        images,
+        rng.integers(0, 100, len(images)),
+        100,
+        64,
+    )
+    features = rng.normal(size=(8192, 256)).astype("float32")
+    yield (
+        "MLP, 1000 classes, batch 256",
+        lambda classes: keras.Sequential(
+            [
+                keras.Input((256,)),
+                keras.layers.Dense(512, activation="relu"),
+                keras.layers.Dense(classes),
+            ]
+        ),
+        features,
+        rng.integers(0, 1000, len(features)),
+        1000,
+        256,
+    )
 
-    class Clock(keras.callbacks.Callback):
-        starts = []
-        def on_epoch_begin(self, epoch, logs=None):
-            self.starts.append(time.perf_counter())
-        def on_train_end(self, logs=None):
-            self.starts.append(time.perf_counter())
 
-    clock = Clock()
-    model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[clock])
-    print(json.dumps({"epoch_s": statistics.median(np.diff(clock.starts[1:])),
-                      "steps": -(-len(x) // batch), "classes": classes, "batch": batch}))
-""")
-STEP_WORKLOADS = (
-    "MLproject CNN, digits, 10 classes, batch 32",
-    "28x28 CNN, 100 classes, batch 64",
-    "MLP, 1000 classes, batch 256",
-)
+class _EpochSpan(keras.callbacks.Callback):
+    """Seconds from the start to the end of each epoch (its steps, and the metrics'
+    end-of-epoch ``result()``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
 
 
 def step_overhead(args) -> None:
-    """The metric's cost per training step, against a plain fit in the same rounds."""
-    conditions = {"plain": None, "ours": None}
+    """The metric's cost per training step, against a model without it, in the same rounds.
+
+    Every condition is a model of its own in this one process, compiled and warmed up
+    (traced) first. By default the conditions alternate batch by batch: each round runs
+    one ``train_on_batch`` per condition on the same batch, that is Keras' compiled train
+    step, the function ``fit()`` calls for each batch, with the metrics' reset that
+    ``train_on_batch`` adds turned off (``--whole-epochs``: one ``fit()`` epoch per
+    condition in turn instead, with the per-epoch ``reset_state()`` and ``result()``).
+    Child processes, one per condition and fit, gave spreads wider than the overhead on a
+    busy machine (a child's epochs all fall in one stretch of the neighbours' load), and so
+    did alternating whole epochs (20-44 ms steps of the 100-class CNN from one epoch to the
+    next): steps of 10-40 ms side by side share the load.
+
+    A condition's step time is the fastest of its ``--rounds`` steps (best of N: the noise
+    of a shared machine only adds) and their median. The overhead: best minus best plain,
+    and the median of the per-round differences (each round's steps ran side by side),
+    whose interquartile range is the spread.
+    """
+    metrics = {"ours": ClassificationMetrics}
     if args.before:
-        conditions["ours (before)"] = os.path.abspath(args.before)
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    print(f"backend {backend}; {args.rounds} alternating rounds, {args.epochs} epochs a fit")
+        # Imported from update_cost.py, next to this script (on sys.path when run as one).
+        from update_cost import before_metric
+
+        metrics["ours (before)"] = before_metric(args.before)
+    conditions = ["plain", *metrics]
+    unit = "epoch of fit()" if args.whole_epochs else "train_on_batch"
     print(
-        "| workload | plain ms/step | "
+        f"backend {keras.backend.backend()}; {args.rounds} alternating rounds of one {unit} "
+        "per condition; ms per step: best | median; overhead: best - best plain | median "
+        "of the per-round differences (their interquartile range)"
+    )
+    print(
+        "| workload | plain ms/step, best | median | "
         + " | ".join(
-            f"{c} ms/step | {c} overhead ms/step (range)" for c in conditions if c != "plain"
+            f"{c} ms/step, best | median | {c} overhead ms/step, best | median (IQR)"
+            for c in metrics
         )
         + " |"
     )
-    print("|---|---|" + "---|---|" * (len(conditions) - 1))
-    for index, name in enumerate(STEP_WORKLOADS):
+    print("|---|---|---|" + "---|---|---|---|" * len(metrics))
+    for name, build, x, y, classes, batch in _step_workloads():
         if args.only not in name:
             continue
-        steps: dict[str, list[float]] = {condition: [] for condition in conditions}
-        for _ in range(args.rounds):
-            for condition, checkout in conditions.items():
-                env = dict(os.environ)
-                if checkout:  # the package from that checkout, ahead of the installed one
-                    env["PYTHONPATH"] = os.pathsep.join(
-                        [checkout, *filter(None, [env.get("PYTHONPATH")])]
-                    )
-                out = subprocess.run(
-                    [sys.executable, "-c", STEP_CHILD, str(index), condition, str(args.epochs)],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                    env=env,
-                )
-                result = json.loads(out.stdout.strip().splitlines()[-1])
-                steps[condition].append(result["epoch_s"] / result["steps"] * 1e3)
-        plain = steps["plain"]
-        cells = [f"{statistics.median(plain):.3f}"]
+        models = {}
         for condition in conditions:
-            if condition == "plain":
-                continue
-            overheads = [a - b for a, b in zip(steps[condition], plain, strict=True)]
-            cells.append(f"{statistics.median(steps[condition]):.3f}")
+            keras.utils.set_random_seed(0)
+            model = build(classes)
+            model.compile(
+                optimizer="adam",
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=[]
+                if condition == "plain"
+                else [metrics[condition](classes, from_logits=True)],
+            )
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # trace and compile
+            if not args.whole_epochs:
+                # train_on_batch resets the metrics on every call, where fit() does once an
+                # epoch: at 1000 classes zeroing the state cost more than the update.
+                model.reset_metrics = lambda: None
+            models[condition] = model
+        full_batches = len(x) // batch
+        per_step: dict[str, list[float]] = {condition: [] for condition in conditions}
+        for round_ in range(args.rounds):
+            rows = slice(round_ % full_batches * batch, (round_ % full_batches + 1) * batch)
+            # Each round starts with the next condition: none is always first after another.
+            turn = round_ % len(conditions)
+            for condition in conditions[turn:] + conditions[:turn]:
+                model = models[condition]
+                if args.whole_epochs:
+                    span = _EpochSpan()
+                    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[span])
+                    seconds = span.seconds[0] / -(-len(x) // batch)
+                else:
+                    start = time.perf_counter()
+                    model.train_on_batch(x[rows], y[rows])  # returns the logs as NumPy: synced
+                    seconds = time.perf_counter() - start
+                per_step[condition].append(seconds * 1e3)
+        plain = per_step["plain"]
+        cells = [f"{min(plain):.3f} | {statistics.median(plain):.3f}"]
+        for condition in metrics:
+            ours = per_step[condition]
+            differences = [a - b for a, b in zip(ours, plain, strict=True)]
+            quartiles = statistics.quantiles(differences, n=4)
+            cells.append(f"{min(ours):.3f} | {statistics.median(ours):.3f}")
             cells.append(
-                f"{statistics.median(overheads):.3f} ({min(overheads):.3f} to {max(overheads):.3f})"
+                f"{min(ours) - min(plain):.3f} | {statistics.median(differences):.3f} "
+                f"({quartiles[0]:.3f} to {quartiles[2]:.3f})"
             )
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
@@ -291,7 +338,12 @@ def main() -> None:
         "--step-overhead", action="store_true", help="the metric's cost per training step"
     )
     parser.add_argument(
-        "--before", default="", help="with --step-overhead: a checkout to time the metric of too"
+        "--before", default="", help="with --step-overhead: a commit whose metric to time too"
+    )
+    parser.add_argument(
+        "--whole-epochs",
+        action="store_true",
+        help="with --step-overhead: alternate one fit() epoch per condition, not one batch",
     )
     args = parser.parse_args()
     if args.step_overhead:
