@@ -26,7 +26,8 @@ from mlflow_mcmetrics.validation import check_arguments
 __all__ = ["INTEGRATION_NAME", "TESTED_VERSIONS", "autolog"]
 
 INTEGRATION_NAME = "mlflow_mcmetrics"
-#: ``{distribution: (lowest, highest)}`` versions CI runs the tests with (README: "Versions").
+#: ``{distribution: (lowest, highest)}`` versions CI runs the tests with (documentation:
+#: "Distributed training and backends", section "Versions").
 TESTED_VERSIONS = {"keras": ("3.11.0", "3.15.1"), "mlflow": ("3.0.0", "3.17.2")}
 
 

@@ -1,9 +1,9 @@
 """Helper processes: a child interpreter that answers pickled requests over its stdin and stdout.
 
-Work that holds the GIL for long stretches (matplotlib drawing a figure, MLflow's SQL store
-inserting a thousand metric rows) slows the Python parts of Keras' step loop when it runs on a
-thread of the training process: the training thread waits for the GIL at every step
-(benchmarks/README.md). A child process has its own interpreter, at a lower priority.
+Work that holds the GIL for long stretches (matplotlib drawing a figure) slows the Python parts
+of Keras' step loop when it runs on a thread of the training process: the training thread waits
+for the GIL at every step (benchmarks/README.md). A child process has its own interpreter, at a
+lower priority.
 
 Children are ``python -m mlflow_mcmetrics.child`` processes, not ``multiprocessing`` workers:
 spawning those re-imports the user's ``__main__`` (and would re-run a training script without a

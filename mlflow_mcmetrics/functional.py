@@ -1000,7 +1000,10 @@ def agreement_scores_from_stat_scores(true_positives, predicted, support) -> dic
     recall = true_positives[present] / support[present]
     covariance = correct * total - support @ predicted
     variances = (total**2 - predicted @ predicted) * (total**2 - support @ support)
-    expected_disagreement = total - (predicted @ support) / total if total else 0.0
+    # The chance disagreement as scikit-learn sums it, over the off-diagonal cells only: zero
+    # exactly when both sides hold a single class (the "total - t.p / total" form leaves a
+    # rounding residue there, and kappa would be 1 where it is undefined).
+    expected_disagreement = predicted @ (total - support) / total if total else 0.0
     nan = float("nan")
     return {
         "balanced_accuracy": float(recall.mean()) if recall.size else nan,

@@ -93,6 +93,8 @@ class Journal:
         delivered: how many records, from the first, are delivered.
         sent: indices beyond ``delivered`` delivered out of order (past a record held back).
         finishing: the fit has ended: records held for MLflow's logged model may go.
+        released: records held for MLflow's logged model go without waiting for it (at exit,
+            and in ``mcmetrics sync``).
         closed: nothing more will be appended.
     """
 
@@ -103,6 +105,7 @@ class Journal:
         self.delivered = 0
         self.sent: set[int] = set()
         self.finishing = False
+        self.released = False
         self.closed = False
         self.lost = 0
         self._lock = threading.Lock()

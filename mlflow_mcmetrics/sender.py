@@ -8,7 +8,8 @@ sync`` (:func:`sync`) runs the same :func:`pump` over the journals left on disk.
   training runs a round starts at most every :data:`SEND_INTERVAL` seconds;
 * a record the server rejects (HTTP 4xx: it would never succeed) is dropped with one warning
   and the rest go on;
-* on any other failure the record stays and the sender tries again later, first asking an HTTP
+* on any other failure the record stays and the sender tries that server again later (an
+  outage of one server holds back only the journals bound for it), first asking an HTTP
   server for ``/health`` with a 3-second timeout (:func:`reachable`) rather than entering
   MLflow's retry loop (minutes); the process environment is never touched (changing
   ``os.environ`` beside TensorFlow's threads crashes the process);
@@ -22,6 +23,7 @@ timestamp and step, and artifacts are overwritten in place.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import posixpath
 import threading
 import time
@@ -106,11 +108,11 @@ def deliver(client: MlflowClient, journal: Journal, record: dict) -> None:
         raise ValueError(f"Unknown journal record kind {kind!r}.")
 
 
-def _held(client: MlflowClient, journal: Journal, record: dict, release: bool) -> bool:
+def _held(client: MlflowClient, journal: Journal, record: dict) -> bool:
     """Whether ``record`` waits for MLflow's logged model (until the fit has ended and the model
     has left PENDING, or :data:`MODEL_WAIT_SECONDS` after the journal was opened)."""
     model_id = record.get("after_model")
-    if not model_id or release:
+    if not model_id or journal.released:
         return False
     if not journal.finishing:
         return True
@@ -145,13 +147,11 @@ def pump(
     journal: Journal,
     client: MlflowClient,
     *,
-    release: bool = False,
     silent: bool = False,
     send: Callable[[MlflowClient, Journal, dict], None] = deliver,
 ) -> bool:
-    """Deliver what ``journal`` holds that may go now, in order (each record with ``send``);
-    ``release``: held records go too. Returns False when a delivery failed (the rest waits for
-    the next attempt)."""
+    """Deliver what ``journal`` holds that may go now, in order (each record with ``send``).
+    Returns False when a delivery failed (the rest waits for the next attempt)."""
     index = journal.delivered
     while index < len(journal.records):
         if index < journal.delivered or index in journal.sent:  # delivered past a held one
@@ -159,7 +159,7 @@ def pump(
             continue
         record = journal.records[index]
         try:
-            if _held(client, journal, record, release):
+            if _held(client, journal, record):
                 index += 1
                 continue
             record, indices = _merged(journal, index, record)
@@ -193,26 +193,34 @@ def _waiting(journal: Journal) -> list[dict]:
     ]
 
 
+@dataclasses.dataclass
+class _Server:
+    """The delivery state of one tracking server: an outage of one server holds back only its
+    own journals."""
+
+    failing: bool = False
+    retry_at: float = 0.0
+    backoff: float = 1.0
+    call: threading.Thread | None = None  # its last delivery, maybe still stuck
+
+
 class Sender:
     """The thread that delivers this process's journals (started with the first)."""
 
     def __init__(self):
         self._journals: list[tuple[Journal, MlflowClient, bool]] = []
+        self._servers: dict[str, _Server] = {}
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._failing = False
-        self._retry_at = 0.0
-        self._backoff = 1.0
         self._hurry = False  # a fit ends or someone waits: no pause to merge epochs
-        self._release = False  # held records go without their logged model (at exit)
         self._rounds = 0  # delivery rounds finished
-        self._call: threading.Thread | None = None  # the last delivery, maybe still stuck
 
     def _deliver_in_time(self, client: MlflowClient, journal: Journal, record: dict) -> None:
         """:func:`deliver` on a helper thread, given up on after :data:`DELIVERY_TIMEOUT`
-        (``TimeoutError``); no new call while one given up on still runs. A call given up on
-        may still arrive: deliveries are idempotent."""
-        if self._call is not None and self._call.is_alive():
+        (``TimeoutError``); no new call to a server while one given up on still runs. A call
+        given up on may still arrive: deliveries are idempotent."""
+        server = self._servers[journal.tracking_uri]
+        if server.call is not None and server.call.is_alive():
             raise TimeoutError("an earlier delivery has not returned yet")
         outcome: list[BaseException | None] = []
 
@@ -223,9 +231,9 @@ class Sender:
             except BaseException as error:  # noqa: BLE001 - handed to the sender
                 outcome.append(error)
 
-        self._call = threading.Thread(target=call, name="mcmetrics-delivery", daemon=True)
-        self._call.start()
-        self._call.join(DELIVERY_TIMEOUT)
+        server.call = threading.Thread(target=call, name="mcmetrics-delivery", daemon=True)
+        server.call.start()
+        server.call.join(DELIVERY_TIMEOUT)
         if not outcome:
             raise TimeoutError(f"no answer within {DELIVERY_TIMEOUT:g} s")
         if outcome[0] is not None:
@@ -234,6 +242,7 @@ class Sender:
     def add(self, journal: Journal, client: MlflowClient, *, silent: bool = False) -> None:
         with self._changed:
             self._journals.append((journal, client, silent))
+            self._servers.setdefault(journal.tracking_uri, _Server())
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="mcmetrics-sender", daemon=True
@@ -247,83 +256,113 @@ class Sender:
             self._changed.notify_all()
 
     def wait(
-        self, journals: list[Journal], timeout: float, *, held: bool = False, release=False
+        self,
+        journals: list[Journal],
+        timeout: float,
+        *,
+        held: bool = False,
+        release: bool = False,
+        patient: bool = False,
     ) -> bool:
-        """Deliver ``journals`` now and wait up to ``timeout`` seconds until they are, or until
-        an attempt fails; whether they are. Records held for a logged model are waited for
-        with ``held``, and sent without waiting for the model with ``release``."""
+        """Deliver ``journals`` now and wait up to ``timeout`` seconds until they are, or (but
+        when ``patient``) until an attempt to reach their server fails; whether they are.
+        Records held for a logged model are waited for with ``held``; with ``release`` the
+        records of ``journals`` go without waiting for it."""
 
         def settled():
             return all(
-                all(r.get("after_model") and not (held or release) for r in _waiting(journal))
+                all(
+                    r.get("after_model") and not (held or journal.released)
+                    for r in _waiting(journal)
+                )
                 for journal in journals
             )
 
+        servers = [self._servers[journal.tracking_uri] for journal in journals]
+
+        def failed():
+            return not patient and self._rounds > rounds and any(s.failing for s in servers)
+
         with self._changed:
-            self._release = self._release or release
-            self._hurry, self._retry_at, rounds = True, 0.0, self._rounds
+            for journal in journals if release else ():
+                journal.released = True
+            for server in servers:
+                server.retry_at = 0.0
+            self._hurry, rounds = True, self._rounds
             self._changed.notify_all()
-            self._changed.wait_for(
-                lambda: settled() or self._rounds > rounds and self._failing, timeout
-            )
+            self._changed.wait_for(lambda: settled() or failed(), timeout)
             self._hurry = False
             return settled()
 
+    def _resting(self, journal: Journal) -> bool:
+        """Whether the server of ``journal`` failed and its next attempt is not due yet."""
+        server = self._servers[journal.tracking_uri]
+        return server.failing and time.monotonic() < server.retry_at
+
     def _due(self) -> bool:
         """Whether a round has something to do now."""
-        if self._failing and time.monotonic() < self._retry_at:
-            return False
         for journal, _, _ in self._journals:
             waiting = _waiting(journal)
+            if self._resting(journal):
+                continue
             if journal.done or any(not record.get("after_model") for record in waiting):
                 return True
         return False
 
     def _pause(self) -> float | None:
-        """How long to sleep without news: until the next attempt during an outage, half a
-        second while held records wait for their model at the end of a fit, else forever."""
-        if self._failing:
-            return max(0.0, self._retry_at - time.monotonic())
-        held = any(
-            (journal.finishing or self._release) and _waiting(journal)
+        """How long to sleep without news: until the next attempt at a server that failed,
+        at most half a second while held records wait for their model at the end of a fit,
+        else forever."""
+        pauses = [
+            max(0.0, self._servers[journal.tracking_uri].retry_at - time.monotonic())
             for journal, _, _ in self._journals
-        )
-        return 0.5 if held else None
+            if self._resting(journal)
+        ]
+        if any(
+            (journal.finishing or journal.released) and _waiting(journal)
+            for journal, _, _ in self._journals
+        ):
+            pauses.append(0.5)
+        return min(pauses, default=None)
 
     def _run(self) -> None:
         while True:
             with self._changed:
                 while not self._due():
                     if not self._changed.wait(self._pause()) and self._pause() is not None:
-                        break  # time to look at the held records (or the server) again
-                journals = list(self._journals)
-                release = self._release
-            delivered = True
+                        break  # time to look at the held records (or a server) again
+                journals = [entry for entry in self._journals if not self._resting(entry[0])]
+            failed: set[str] = set()
             for journal, client, silent in journals:
+                if journal.tracking_uri in failed:
+                    continue
                 delivered = reachable(journal.tracking_uri) and pump(
-                    journal, client, release=release, silent=silent, send=self._deliver_in_time
+                    journal, client, silent=silent, send=self._deliver_in_time
                 )
                 self._report(journal, silent, failing=not delivered)
                 if not delivered:
-                    break
-                if journal.done:
+                    failed.add(journal.tracking_uri)
+                elif journal.done:
                     journal.remove()
                     with self._changed:
                         self._journals.remove((journal, client, silent))
             with self._changed:
+                for uri in {journal.tracking_uri for journal, _, _ in journals}:
+                    server = self._servers[uri]
+                    if uri in failed:
+                        server.retry_at = time.monotonic() + server.backoff
+                        server.backoff = min(2 * server.backoff, MAX_BACKOFF)
+                    else:
+                        server.backoff = 1.0
                 self._rounds += 1
                 self._changed.notify_all()
-                if delivered:
-                    self._backoff = 1.0
-                    # Epochs that end meanwhile merge into the next round's log_batch.
-                    self._changed.wait_for(lambda: self._hurry, SEND_INTERVAL)
-                else:
-                    self._retry_at = time.monotonic() + self._backoff
-                    self._backoff = min(2 * self._backoff, MAX_BACKOFF)
+                # Epochs that end meanwhile merge into the next round's log_batch.
+                self._changed.wait_for(lambda: self._hurry, SEND_INTERVAL)
 
     def _report(self, journal: Journal, silent: bool, *, failing: bool) -> None:
-        """One warning when an outage starts, one when it ends."""
-        if failing and not self._failing:
+        """One warning when an outage of a server starts, one when it ends."""
+        server = self._servers[journal.tracking_uri]
+        if failing and not server.failing:
             where = f"in {journal.folder}" if journal.durable else "in memory"
             warn(
                 "mlflow_mcmetrics could not reach the tracking server at "
@@ -331,12 +370,12 @@ class Sender:
                 "and sent when it answers again.",
                 silent=silent,
             )
-        elif not failing and self._failing:
+        elif not failing and server.failing:
             warn(
                 "mlflow_mcmetrics reached the tracking server again; the journal is sent.",
                 silent=silent,
             )
-        self._failing = failing
+        server.failing = failing
 
     def open_journals(self) -> list[Journal]:
         with self._changed:
@@ -381,7 +420,9 @@ def flush(timeout: float = 60.0) -> None:
 
     deadline = time.monotonic() + timeout
     wait_for_drawings(timeout)
-    SENDER.wait(SENDER.open_journals(), max(0.0, deadline - time.monotonic()), held=True)
+    SENDER.wait(
+        SENDER.open_journals(), max(0.0, deadline - time.monotonic()), held=True, patient=True
+    )
 
 
 def sync(tracking_uri: str | None = None, spool_dir: str | Path | None = None) -> dict[str, int]:
@@ -400,7 +441,8 @@ def sync(tracking_uri: str | None = None, spool_dir: str | Path | None = None) -
             continue
         client = MlflowClient(tracking_uri or journal.tracking_uri)
         before = journal.delivered
-        complete = reachable(client.tracking_uri) and pump(journal, client, release=True)
+        journal.released = True
+        complete = reachable(client.tracking_uri) and pump(journal, client)
         delivered[journal.run_id] = journal.delivered - before
         if not complete:
             warn(f"mcmetrics sync: run {journal.run_id} stopped at record {journal.delivered + 1}")

@@ -7,6 +7,10 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+# Every `mlflow server` the tests start (and their children's) runs without MLflow's job runner:
+# its 5-7 Huey consumer processes, each importing MLflow, cost ~15 CPU-seconds per server start
+# and serve GenAI jobs these tests never submit.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 # The journals' per-user fallback folder (journal.spool_dirs) belongs to this test run.
 os.environ["XDG_CACHE_HOME"] = __import__("tempfile").mkdtemp(prefix="mcmetrics-test-cache-")
 

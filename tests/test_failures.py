@@ -622,6 +622,33 @@ def test_records_sent_past_a_held_one_are_sent_once():
 
     assert pump(journal, None, send=send) and sent == [1, "a.json"]
     assert journal.delivered == 0  # the held record is still to go
-    assert pump(journal, None, release=True, send=send) and sent == [1, "a.json", 0]
+    journal.released = True  # at exit, or in mcmetrics sync
+    assert pump(journal, None, send=send) and sent == [1, "a.json", 0]
     assert journal.delivered == 3
     journal.remove()
+
+
+def test_an_unreachable_server_holds_back_only_its_own_journals(
+    tmp_path, mlflow_server, monkeypatch
+):
+    """A journal bound for a server that is gone (an earlier fit's, in a long-lived process)
+    must not keep the journals of a server that answers from being delivered."""
+    from mlflow_mcmetrics.journal import Journal
+    from mlflow_mcmetrics.sender import Sender
+
+    monkeypatch.setenv("MCMETRICS_SPOOL_DIR", str(tmp_path / "spool"))
+    client = mlflow.MlflowClient(mlflow_server)
+    run_id = client.create_run(client.create_experiment(f"two-{time.time_ns()}")).info.run_id
+    gone = Journal("a-run-whose-server-is-gone", closed_port_uri())
+    gone.append({"kind": "metrics", "metrics": [["f1_macro", 0.1, 1000, 0]]})
+    live = Journal(run_id, mlflow_server)
+    live.append({"kind": "metrics", "metrics": [["f1_macro", 0.2, 1000, 0]]})
+    sender = Sender()
+    sender.add(gone, mlflow.MlflowClient(gone.tracking_uri), silent=True)
+    sender.add(live, client, silent=True)
+    try:
+        assert sender.wait([live], timeout=60)
+        assert client.get_run(run_id).data.metrics["f1_macro"] == 0.2
+        assert not sender.wait([gone], timeout=10)
+    finally:
+        sender._journals.clear()  # its thread may not poll the closed port beside later tests

@@ -1,9 +1,10 @@
 """Issue 27: the package on the Keras code people actually write.
 
 Every pattern of :mod:`_keras_patterns` (public Keras example code, data replaced by tiny
-synthetic data) runs in four modes: ``mlflow.autolog()`` alone, ``mlflow.autolog()`` then
-``mlflow_mcmetrics.autolog()``, the reverse order, and ``mlflow_mcmetrics.autolog()`` alone;
-one ``fit()`` per example fit and mode. Checks, where they apply:
+synthetic data) runs in three modes: ``mlflow.autolog()`` alone, ``mlflow.autolog()`` then
+``mlflow_mcmetrics.autolog()``, and ``mlflow_mcmetrics.autolog()`` alone; some also in the
+reverse order (:data:`REVERSED_ORDER`); one ``fit()`` per example fit and mode. Checks, where
+they apply:
 
 * validation: the epoch the final artifacts describe (the last, or the one
   ``restore_best_weights`` went back to) has the confusion matrix of scikit-learn on
@@ -134,9 +135,23 @@ MODES = {
     "ours+mlflow": ("ours", "mlflow"),
     "ours": ("ours",),
 }
+#: Patterns also run with ``mlflow_mcmetrics.autolog()`` called before ``mlflow.autolog()``: one
+#: of each way the two patches meet (class weights, a subclassed model, a custom ``train_step``,
+#: restored weights, several outputs). Every other pattern behaves alike in both orders (both
+#: were run for every pattern when issue 27 was closed); one order keeps the module's time down.
+REVERSED_ORDER = {
+    "fraud_class_weight",
+    "ner_subclassed_custom_loss",
+    "custom_train_step_first",
+    "early_stopping_restore_best",
+    "multi_output_class_names_list",
+}
 #: The order the cases run in: the baselines of a pattern before the modes compared with them.
 CASES = [
-    (name, mode) for name in PATTERNS for mode in ("mlflow", "ours", "mlflow+ours", "ours+mlflow")
+    pytest.param(name, mode, id=f"{name}-{mode}")
+    for name in PATTERNS
+    for mode in ("mlflow", "ours", "mlflow+ours", "ours+mlflow")
+    if mode != "ours+mlflow" or name in REVERSED_ORDER
 ]
 
 
@@ -513,7 +528,7 @@ def check_mlflow_unchanged(name: str, runs: list[RunView], experiment_id: str, t
         assert run.mlmodel == alone.mlmodel  # flavors, signature, versions
 
 
-@pytest.mark.parametrize(("name", "mode"), CASES, ids=[f"{n}-{m}" for n, m in CASES])
+@pytest.mark.parametrize(("name", "mode"), CASES)
 def test_pattern(name, mode, tracking, tmp_path):
     _, experiment_id = tracking
     pattern = PATTERNS[name]

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -93,7 +94,8 @@ def run_comparison(tracking_uri: str, cwd: Path) -> tuple[str, dict[str, mlflow.
     """``mlflow run . -e compare`` with two losses and 2 epochs into a new experiment; returns the
     experiment id and the child runs by loss."""
     client = mlflow.MlflowClient(tracking_uri)
-    experiment_id = client.create_experiment("loss comparison")
+    # Unique: the session's SQLite server may hold a "loss comparison" of the docs' examples.
+    experiment_id = client.create_experiment(f"loss comparison {time.time_ns()}")
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     try:
@@ -299,8 +301,13 @@ def test_the_per_class_table_opens_as_a_table(page, postgres_server, postgres_co
     open_model_training_view(
         page, postgres_server, f"/experiments/{experiment_id}/runs/{run_id}/artifacts/{table}"
     )
-    for column in ("class", "precision", "recall", "f1", "ap", "roc_auc", "group"):
-        page.get_by_role("columnheader", name=column, exact=True).first.wait_for()
+    columns = ["class", "precision", "recall", "f1", "ap", "roc_auc", "group"]
+    page.wait_for_function(
+        "(columns) => { const shown = [...document.querySelectorAll('th, [role=columnheader]')]"
+        "  .map(cell => cell.textContent.trim());"
+        "  return columns.every(column => shown.includes(column)); }",
+        arg=columns,
+    )
     assert not page.get_by_text('"columns"').count()  # a table, not the JSON
     page.screenshot(path=SCREENSHOTS / "run_per_class_table.png")
 
