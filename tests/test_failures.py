@@ -115,6 +115,24 @@ def run_training(script: Path, tracking_uri: str) -> subprocess.CompletedProcess
     return done
 
 
+def start_training(script: Path, tracking_uri: str, until: str, **popen) -> subprocess.Popen:
+    """Start a :func:`training_script` in its folder and read its output until a line starts
+    with ``until`` (the moment a test signals it)."""
+    child = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=script.parent,
+        env=child_env(tracking_uri),
+        **popen,
+    )
+    for line in child.stdout:
+        if line.startswith(until):
+            break
+    return child
+
+
 def closed_port_uri() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -313,19 +331,9 @@ def test_a_signal_mid_fit_ends_the_run_killed_with_its_epochs(tmp_path, mlflow_s
         f"import mlflow\nmlflow.set_experiment({experiment!r})\n"
     )
     script = training_script(tmp_path, epochs=50, pause=0.3, prelude=prelude)
-    child = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env=child_env(mlflow_server),
-    )
+    # Signalled while the child sleeps in a user callback, a point where it is in Python.
+    child = start_training(script, mlflow_server, "pausing after epoch 3")
     try:
-        # Signalled while the child sleeps in a user callback, a point where it is in Python.
-        for line in child.stdout:
-            if line.startswith("pausing after epoch 3"):
-                break
         sent = time.monotonic()
         child.send_signal(signum)
         _, err = child.communicate(timeout=60)
@@ -535,18 +543,8 @@ def test_sigterm_ends_a_run_the_user_started_killed(tmp_path, mlflow_server):
     experiment = f"user-run-{time.time_ns()}"
     prelude = f"import mlflow\nmlflow.set_experiment({experiment!r})\nmlflow.start_run()\n"
     script = training_script(tmp_path, epochs=50, pause=0.3, prelude=prelude)
-    child = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env=child_env(mlflow_server),
-    )
+    child = start_training(script, mlflow_server, "pausing after epoch 3")
     try:
-        for line in child.stdout:
-            if line.startswith("pausing after epoch 3"):
-                break
         child.send_signal(signal.SIGTERM)
         _, err = child.communicate(timeout=60)
     finally:
@@ -567,19 +565,9 @@ def test_sigkill_loses_no_ended_epoch_and_sync_ends_the_run_killed(tmp_path, mlf
     experiment = f"sigkill-{delay}-{time.time_ns()}"
     prelude = f"import mlflow\nmlflow.set_experiment({experiment!r})\n"
     script = training_script(tmp_path, epochs=50, pause=1.5, prelude=prelude)
-    child = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env=child_env(mlflow_server),
-        start_new_session=True,
-    )
+    # "epoch 3 at" is printed once every callback's on_epoch_end of epoch 2 ran.
+    child = start_training(script, mlflow_server, "epoch 3 at", start_new_session=True)
     try:
-        for line in child.stdout:  # printed once every callback's on_epoch_end of epoch 2 ran
-            if line.startswith("epoch 3 at"):
-                break
         time.sleep(delay)
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
