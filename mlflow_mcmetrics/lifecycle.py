@@ -254,10 +254,11 @@ def _restore_sigterm() -> None:
     _previous_sigterm = None
 
 
-# Delivering at exit writes MLflow's temporary files, so _finish_at_exit must run before the
-# exit hook of weakref.finalize, which deletes every tempfile.TemporaryDirectory, even one the
-# sender is writing. atexit runs hooks in reverse order of registration and that hook
-# registers itself with the first finalizer made: make one now, before ours.
+# Delivering at exit writes MLflow's temporary files (log_image, log_artifact), so every
+# delivery must end before the exit hook of weakref.finalize, which deletes every
+# tempfile.TemporaryDirectory, even one the sender is writing. atexit runs hooks in reverse
+# order of registration and that hook registers itself with the first finalizer made: make one
+# now, before ours, and deliver from ours.
 weakref.finalize(FitRun, lambda: None)
 
 
@@ -265,7 +266,8 @@ weakref.finalize(FitRun, lambda: None)
 def _finish_at_exit() -> None:
     """Registered after MLflow's own exit handler, so it runs first: fits that raised end their
     runs as KILLED; then the figures still being drawn, and what is left to deliver, get their
-    last chance (the sender's own exit hook, registered before this one, runs after it)."""
+    last chance."""
     for fit in list(reversed(_UNFINISHED)):
         fit.finish("KILLED")
     wait_for_drawings(30.0)
+    SENDER.finish()

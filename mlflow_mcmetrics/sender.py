@@ -22,7 +22,6 @@ timestamp and step, and artifacts are overwritten in place.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import posixpath
 import threading
@@ -407,9 +406,8 @@ class Sender:
                 )
 
 
-#: The sender of this process.
+#: The sender of this process (its exit: :func:`~.lifecycle._finish_at_exit`).
 SENDER = Sender()
-atexit.register(SENDER.finish)
 
 
 def flush(timeout: float = 60.0) -> None:

@@ -351,19 +351,60 @@ def test_a_signal_mid_fit_ends_the_run_killed_with_its_epochs(tmp_path, mlflow_s
     assert steps[:3] == [0, 1, 2]
 
 
+#: Prepended to a training script: every upload takes half a second more (a slow link), and
+#: the script prints how many records are still to be delivered at the moment the interpreter's
+#: exit deletes every tempfile.TemporaryDirectory (weakref.finalize's exit hook), where MLflow's
+#: log_image and log_artifact keep what they upload.
+UNSENT_AT_TEMPFILE_CLEANUP = """
+import time, weakref
+from mlflow_mcmetrics import sender
+
+deliver = sender.deliver
+
+def slow_upload(client, journal, record):
+    if record["kind"] in ("artifact", "image"):
+        time.sleep(0.5)
+    deliver(client, journal, record)
+
+sender.deliver = slow_upload
+
+class Sentinel:
+    pass
+
+sentinel = Sentinel()
+weakref.finalize(sentinel, lambda: print(
+    "unsent at tempfile cleanup:",
+    sum(len(sender._waiting(journal)) for journal in sender.SENDER.open_journals()),
+    flush=True,
+))
+"""
+
+
 def test_a_script_that_exits_right_after_fit_gets_its_figures(tmp_path, mlflow_server):
     """With wait_for_figures=False the end-of-training figures are drawn after fit() returns:
-    the interpreter's exit waits for them and delivers them."""
+    the interpreter's exit waits for them and delivers them, before its temporary folders go
+    (the MLproject's own run lost its figures when the sender still uploaded then)."""
     experiment = f"exit-{time.time_ns()}"
-    prelude = f"import mlflow\nmlflow.set_experiment({experiment!r})\n"
+    # First, as in the MLproject's command: the sender's module is imported before anything
+    # made a weakref.finalize (which registers its exit hook with the first one made).
+    experiment_line = f"import mlflow\nmlflow.set_experiment({experiment!r})\n"
+    prelude = UNSENT_AT_TEMPFILE_CLEANUP + experiment_line
     script = training_script(tmp_path, epochs=2, prelude=prelude, autolog="wait_for_figures=False")
-    run_training(script, mlflow_server)
+    done = run_training(script, mlflow_server)
+    assert "unsent at tempfile cleanup: 0\n" in done.stdout, done.stdout[-2000:]
+    assert "could not" not in done.stderr, done.stderr[-3000:]
     client = mlflow.MlflowClient(mlflow_server)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert run.info.status == "FINISHED"
     logged = {f.path.rsplit("/", 1)[1] for f in client.list_artifacts(run.info.run_id, "mcmetrics")}
     figures = ("confusion_matrix", "pr_curves", "roc_curves", "calibration", "f1_by_epoch")
     assert {f"{name}.png" for name in figures} <= logged
+    images = {
+        f.path.split("~")[1].split("+step+")[0]
+        for f in client.list_artifacts(run.info.run_id, "images")
+        if f.path.endswith(".png")
+    }
+    assert images == {"confusion_matrix", "pr_curves"}
 
 
 def test_an_error_while_drawing_does_not_escape_fit(tracking, digits, monkeypatch):
