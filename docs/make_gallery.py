@@ -148,7 +148,8 @@ def charts_drawn(page, minimum: int) -> None:
 
 def open_model_training(page, uri: str, path: str) -> None:
     """Open ``path`` as a newcomer who picked "Model training" on the UI's first screen (a
-    fresh profile starts in its GenAI mode with a feature tour and an assistant panel)."""
+    fresh profile starts in its GenAI mode with a feature tour and an assistant panel; the
+    tests' pages use it too)."""
     page.goto(f"{uri}/#/experiments")
     page.get_by_text("Model training", exact=True).wait_for()
     tour = page.get_by_role("button", name="Got it")
@@ -156,6 +157,10 @@ def open_model_training(page, uri: str, path: str) -> None:
         tour.click()
     page.get_by_text("Model training", exact=True).click()
     page.goto(f"{uri}/#{path}")
+    close_assistant(page)
+
+
+def close_assistant(page) -> None:
     assistant = page.get_by_label("Close", exact=True)
     if assistant.count():
         assistant.first.click()

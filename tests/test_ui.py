@@ -26,6 +26,10 @@ from conftest import REPO_ROOT, _free_port
 from PIL import Image
 from test_project import mlflow_run
 
+# The UI's navigation, shared with the script that takes the documentation's pictures.
+sys.path.insert(0, str(REPO_ROOT / "docs"))
+from make_gallery import close_assistant, open_model_training  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 CHROMIUM = os.environ.get("MCMETRICS_CHROMIUM", "/usr/bin/chromium")
@@ -164,25 +168,6 @@ def page(browser):
     context.close()
 
 
-def open_model_training_view(page, uri: str, path: str) -> None:
-    """Open ``path`` of the UI in its "Model training" mode (it starts in "GenAI" mode, with an
-    assistant panel and a feature tour in the way)."""
-    page.goto(f"{uri}/#/experiments")
-    page.get_by_text("Model training", exact=True).wait_for()
-    tour = page.get_by_role("button", name="Got it")
-    if tour.count():
-        tour.click()
-    page.get_by_text("Model training", exact=True).click()
-    page.goto(f"{uri}/#{path}")
-    close_assistant(page)
-
-
-def close_assistant(page) -> None:
-    assistant = page.get_by_label("Close", exact=True)
-    if assistant.count():
-        assistant.first.click()
-
-
 def show_child_runs(page, child_name: str) -> None:
     """Expand the parent run (the UI remembers whether it was expanded)."""
     page.locator("[data-component-id*=runnamecellrenderer]").first.wait_for()
@@ -199,7 +184,7 @@ def choose_option(page, combobox, option: str) -> None:
 
 def test_ui_compares_the_losses_per_class(page, postgres_server, postgres_comparison):
     experiment_id, children = postgres_comparison
-    open_model_training_view(page, postgres_server, f"/experiments/{experiment_id}/runs")
+    open_model_training(page, postgres_server, f"/experiments/{experiment_id}/runs")
     # `compare` nests one run per loss under a parent run: expand it, select both, compare.
     show_child_runs(page, f"{LOSSES[0]} seed 0")
     for loss in LOSSES:
@@ -237,7 +222,7 @@ def test_ui_compares_the_losses_per_class(page, postgres_server, postgres_compar
     page.screenshot(path=SCREENSHOTS / "compare_runs.png")
 
     # The runs' chart view: one section per metric prefix, one chart per class, a line per run.
-    open_model_training_view(
+    open_model_training(
         page, postgres_server, f"/experiments/{experiment_id}/runs?compareRunsMode=CHART"
     )
     show_child_runs(page, f"{LOSSES[0]} seed 0")
@@ -260,7 +245,7 @@ def test_ui_compares_the_losses_per_class(page, postgres_server, postgres_compar
 def test_ui_shows_a_runs_confusion_matrix(page, postgres_server, postgres_comparison, tmp_path):
     experiment_id, children = postgres_comparison
     run_id = children["logit_adjusted"].info.run_id
-    open_model_training_view(page, postgres_server, f"/experiments/{experiment_id}/runs/{run_id}")
+    open_model_training(page, postgres_server, f"/experiments/{experiment_id}/runs/{run_id}")
 
     page.get_by_role("tab", name="Model metrics").click()
     page.get_by_placeholder("Search metric charts").fill("val_plots/")
@@ -298,7 +283,7 @@ def test_the_per_class_table_opens_as_a_table(page, postgres_server, postgres_co
     experiment_id, children = postgres_comparison
     run_id = children["logit_adjusted"].info.run_id
     table = "mcmetrics/epochs/0001/val_per_class.json"
-    open_model_training_view(
+    open_model_training(
         page, postgres_server, f"/experiments/{experiment_id}/runs/{run_id}/artifacts/{table}"
     )
     columns = ["class", "precision", "recall", "f1", "ap", "roc_auc", "group"]
@@ -329,7 +314,7 @@ def open_html_artifact(page, uri: str, experiment_id: str, run_id: str, path: st
     page.context.route("**/*", only_the_server)
     page.on("console", lambda message: message.type == "error" and errors.append(message.text))
     page.on("pageerror", lambda error: errors.append(str(error)))
-    open_model_training_view(page, uri, f"/experiments/{experiment_id}/runs/{run_id}")
+    open_model_training(page, uri, f"/experiments/{experiment_id}/runs/{run_id}")
     page.get_by_role("tab", name="Artifacts").click()
     *folders, file_name = path.split("/")
     for folder in folders:
